@@ -1,0 +1,317 @@
+"""Typed configuration: YAML file, then `--set key.path=value`, then CLI flags.
+
+Every section is a dataclass; `from_mapping` turns plain YAML data into them
+and rejects unknown keys (naming the key, close matches and the valid keys)
+and wrong types. Method parameters live under `methods.<name>` and are
+checked against the method's own parameter dataclass from the registry, so
+the config and the Python API validate parameters the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import SaliencyError, did_you_mean
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_FACTORY = "saliency_cli.models:efficientnet_lite0"
+
+
+@dataclass
+class ModelConfig:
+    """Where the model comes from: exactly one of `arch` or `factory`
+    (or a trusted pickled `checkpoint` on its own)."""
+
+    arch: str | None = None  # torchvision builder name, e.g. resnet50
+    weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
+    factory: str | None = None  # "package.module:callable" returning an nn.Module
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder or factory
+    checkpoint: str | None = None  # state-dict file loaded over the built model
+    num_classes: int | None = None  # torchvision architectures only
+    strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "_orig_mod."])
+    trust_checkpoint: bool = False  # allow unpickling a whole model (runs code from the file)
+
+    def check(self) -> None:
+        sources = [k for k in ("arch", "factory") if getattr(self, k)]
+        if len(sources) > 1:
+            raise SaliencyError("model: give either 'arch' or 'factory', not both")
+        if not sources and not (self.checkpoint and self.trust_checkpoint):
+            raise SaliencyError(
+                "config: model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
+                " or a pickled 'checkpoint' with 'trust_checkpoint: true'"
+            )
+        if self.weights and not self.arch:
+            raise SaliencyError("model.weights applies to torchvision 'arch' models only")
+        if self.weights and self.checkpoint:
+            raise SaliencyError("model: give either 'weights' or 'checkpoint', not both")
+
+
+@dataclass
+class PreprocessConfig:
+    """How a photo becomes the model input. `stretch` resizes the whole photo
+    to `size`, so every pixel is explained and maps project back onto it;
+    `center-crop` resizes the shorter side to size/crop_fraction and crops."""
+
+    size: list[int] | int = field(default_factory=lambda: [224, 224])  # [height, width] or one int
+    resize: Literal["stretch", "center-crop", "none"] = "stretch"
+    crop_fraction: float = 0.875
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def check(self) -> None:
+        if isinstance(self.size, int):
+            self.size = [self.size, self.size]
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise SaliencyError(f"preprocess.size: expected [height, width] >= 8, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise SaliencyError("preprocess.mean and preprocess.std need 3 values (std > 0)")
+        if not 0 < self.crop_fraction <= 1:
+            raise SaliencyError("preprocess.crop_fraction must be in (0, 1]")
+
+
+@dataclass
+class OutputConfig:
+    png: bool = True  # heatmap PNG at the photo's original size
+    npy: bool = True  # raw float32 map at model-input resolution
+    overlay: bool = True  # blend the heatmap over the photo (false: bare heatmap)
+    alpha: float = 0.5  # heatmap opacity in the overlay
+    colormap: str = "jet"
+
+    def check(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise SaliencyError("output.alpha must be between 0 and 1")
+        if not (self.png or self.npy):
+            raise SaliencyError("output: at least one of png and npy must be true")
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 8
+    workers: int | None = None  # image-decoding processes; null: chosen from the CPU count
+    seed: int = 0
+    target: int | str = "predicted"  # predicted | class index | class name
+    top_k: int = 5
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise SaliencyError("runtime.batch_size must be >= 1")
+        if self.workers is not None and self.workers < 0:
+            raise SaliencyError("runtime.workers must be >= 0")
+        if self.top_k < 1:
+            raise SaliencyError("runtime.top_k must be >= 1")
+
+
+@dataclass
+class Config:
+    task: Literal["classification"] = "classification"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(factory=DEFAULT_FACTORY))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # imagenet (built in) | path to a text file with one name per line | a list | null
+    labels: str | list[str] | None = "imagenet"
+    # methods `saliency explain` runs when no -m/--method is given
+    run: list[str] = field(default_factory=lambda: ["gradient", "gradient-x-input"])
+    # per-method parameters: methods.<name>.<param>
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> None:
+        from .methods import registry  # late import: methods import config helpers
+
+        for name in self.run:
+            registry.get(name)
+        for name, params in self.methods.items():
+            registry.get(name).make_params(params, where=f"methods.{name}")
+
+    def method_params(self, name: str) -> Any:
+        """The validated parameter object for one method."""
+        from .methods import registry
+
+        return registry.get(name).make_params(self.methods.get(name, {}), where=f"methods.{name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read YAML (or start from the built-in defaults), apply `key.path=value`
+    overrides, and validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SaliencyError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SaliencyError(f"config {str(path)!r} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SaliencyError(f"config {str(path)!r}: expected a mapping at the top level")
+        data = loaded
+    for item in overrides:
+        apply_override(data, item)
+    try:
+        return from_mapping(Config, data, "")
+    except SaliencyError as exc:
+        raise SaliencyError(f"config: {exc}") from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML
+    (`16` is an int, `[256,256]` a list, `true` a bool)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SaliencyError(f"--set expects key.path=value, got {item!r}")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise SaliencyError(f"--set {key}: {where!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_mapping(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from `data`, strictly: unknown keys and wrong
+    types raise SaliencyError naming the dotted key."""
+    label = where or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SaliencyError(f"{label}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            msg = did_you_mean(str(key), names, what="key")
+            raise SaliencyError(f"{msg.replace(repr(str(key)), repr(dotted), 1)}")
+        kwargs[key] = coerce(hints[key], value, dotted)
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against type hint `tp`, converting only where it is
+    unambiguous (an int where a float is expected, a numeric string for a float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(option, value, where)
+            except SaliencyError:
+                continue
+        raise _type_error(tp, value, where)
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise SaliencyError(f"{where}: expected one of {choices}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where)
+    if origin is list:
+        (item_tp,) = args or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(tp, value, where)
+        return [coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(tp, value, where)
+        _, val_tp = args or (Any, Any)
+        return {str(k): coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(tp, value, where)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(tp, value, where)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(tp, value, where)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(tp, value, where)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")  # a bug in this module
+
+
+def _type_error(tp: Any, value: Any, where: str) -> SaliencyError:
+    return SaliencyError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective configuration as YAML (what `saliency config` prints),
+    with every method's parameters filled in with their defaults."""
+    from .methods import registry
+
+    data = cfg.to_dict()
+    data["methods"] = {name: dataclasses.asdict(cfg.method_params(name)) for name in registry.names()}
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except lists of plain values on one line: [224, 224]."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flat = all(isinstance(v, (str, int, float, bool)) or v is None for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)

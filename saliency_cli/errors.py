@@ -1,0 +1,29 @@
+"""The one user-facing error type, and the per-input error type.
+
+`SaliencyError` means "the run cannot start or continue as asked" (bad config,
+unknown method or layer, unloadable model): the CLI prints its message on one
+line and exits with code 2. `InputError` is about one input file: the pipeline
+records it in the manifest and goes on.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SaliencyError(Exception):
+    """A problem the user can fix; its message is shown without a traceback."""
+
+
+class InputError(Exception):
+    """One input file could not be used (corrupt, truncated, not an image...)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, what: str) -> str:
+    """'unknown X 'foo' (did you mean 'bar'?); valid: a, b, c' for error messages."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    shown = ", ".join(choices) if len(choices) <= 40 else ", ".join(choices[:40]) + ", ..."
+    return f"unknown {what} {word!r}{hint}; valid: {shown}"

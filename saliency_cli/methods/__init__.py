@@ -1,0 +1,12 @@
+"""Attribution methods. Importing this package registers all of them; the
+registry (`registry.names()`) is the only list of method names, in the
+order below (the order `saliency methods` shows)."""
+
+# isort: off
+from . import gradient  # noqa: F401
+from . import gradient_x_input  # noqa: F401
+from . import deconvnet  # noqa: F401
+from . import guided_backprop  # noqa: F401
+from . import smoothgrad  # noqa: F401
+# isort: on
+from .registry import Attribution, Method, get, names, register  # noqa: F401
