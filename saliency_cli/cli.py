@@ -1,0 +1,230 @@
+"""The `saliency` command. Commands only parse options, build a Config and
+delegate; every user-facing failure is a SaliencyError, printed on one line
+with exit code 2 (`--debug` adds the traceback).
+
+Exit codes: 0 all done; 1 some input files failed (see the manifest);
+2 bad usage, config, method, layer or model; 3 an unexpected internal error;
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .config import Config, dump_config, load_config
+from .errors import SaliencyError
+
+log = logging.getLogger("saliency")
+
+app = typer.Typer(
+    name="saliency",
+    help="Saliency maps for PyTorch image models, in batches, from the command line.\n\n"
+    "Start with: saliency explain sample_images -o out",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML config file. Default: the built-in offline "
+                 "EfficientNet-Lite0 (ImageNet) config, as in configs/efficientnet_lite0.yaml.",
+                 show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override one config value, e.g. "
+                 "--set methods.smoothgrad.n=25 (repeatable; the value is read as YAML).",
+                 show_default=False),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug messages.")]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finish what is computed, then stop."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("saliency: %(levelname_lower)s%(message)s"))
+    handler.addFilter(_LevelPrefix())
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # once per message
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            log.warning("%s", text)
+
+    warnings.showwarning = show
+
+
+class _LevelPrefix(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelname_lower = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return True
+
+
+def _handle_errors(command):
+    """SaliencyError -> one line, exit 2; anything unexpected -> exit 3."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False) or os.environ.get("SALIENCY_DEBUG") == "1"
+        try:
+            return command(*args, **kwargs)
+        except SaliencyError as exc:
+            if debug:
+                traceback.print_exc()
+            print(f"saliency: error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            print("saliency: interrupted", file=sys.stderr)
+            raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+        except Exception as exc:  # a bug: say so, briefly
+            if debug:
+                traceback.print_exc()
+            else:
+                print("saliency: internal error (rerun with --debug for the traceback)", file=sys.stderr)
+            print(f"saliency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def _config(config: Path | None, sets: list[str] | None) -> Config:
+    return load_config(config, sets or [])
+
+
+@app.command(
+    epilog="[bold]Examples[/bold]\n\n"
+    "  saliency explain sample_images -o out\n\n"
+    "  saliency explain photos/ -m grad-cam -m smoothgrad -o out --batch-size 16\n\n"
+    "  saliency explain cat.jpg -m smoothgrad --set methods.smoothgrad.base=guided-backprop\n\n"
+    "  saliency explain photos/ -c configs/resnet50.yaml --target 'tabby' -o out\n\n"
+    "  find data -name '*.jpg' | saliency explain - -o out --quiet --jsonl > records.jsonl\n\n"
+    "Outputs: OUT/<relative path without suffix>/<method>.png (heatmap over the photo) and "
+    ".npy (raw float32 map at model-input size), plus OUT/manifest.jsonl (one record per image). "
+    "A rerun skips finished images. Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
+    "config, 3 internal error, 130/143 interrupted.",
+)
+@_handle_errors
+def explain(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively, "
+                                               "sorted) or - to read paths from stdin.", show_default=False)],
+    config: ConfigOpt = None,
+    method: Annotated[Optional[list[str]], typer.Option(
+        "--method", "-m", help="Method to run (repeatable). Default: the config's `run` list. "
+        "See `saliency methods`.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("saliency-out"),
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch "
+                          "(config runtime.batch_size, default 8).", show_default=False, min=1)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N "
+                      "(default auto: CUDA when available).", show_default=False)] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Class to explain: predicted "
+                      "(each image's top-1, default), a class index, or a class name.",
+                      show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Predictions recorded per image "
+                     "(default 5).", show_default=False, min=1)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute images that an "
+                         "earlier run already finished.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on "
+                     "stderr; no progress bar.")] = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print each manifest record to stdout as "
+                     "it is written (nothing else goes to stdout).")] = False,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Explain images: write heatmap PNGs, raw .npy maps and a manifest."""
+    _setup_logging(quiet, debug)
+    cfg = _config(config, set_)
+    runtime = cfg.runtime
+    if batch_size is not None:
+        runtime.batch_size = batch_size
+    if device is not None:
+        runtime.device = device
+    if target is not None:
+        runtime.target = target
+    if top_k is not None:
+        runtime.top_k = top_k
+    from .pipeline import run  # torch import deferred: `saliency --help` stays fast
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    summary = run(
+        cfg, paths, out, methods=method or None, overwrite=overwrite,
+        progress=not quiet and sys.stderr.isatty(),
+        on_record=_print_record if jsonl else None,
+    )
+    if summary.interrupted:
+        print(f"saliency: interrupted after {summary.ok} image(s); rerun the same command to finish",
+              file=sys.stderr)
+        raise typer.Exit(summary.exit_code)
+    done = f"{summary.ok} image(s) written to {out}"
+    if summary.skipped:
+        done += f", {summary.skipped} already done"
+    if summary.failed:
+        done += f", {summary.failed} failed (see {out}/manifest.jsonl)"
+    if summary.seconds:
+        done += f" in {summary.seconds:.1f}s"
+    log.info("%s", done)
+    raise typer.Exit(summary.exit_code)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+@app.command("methods")
+@_handle_errors
+def methods_cmd(
+    params: Annotated[bool, typer.Option("--params", "-p", help="Also list each method's "
+                      "parameters with their defaults.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the attribution methods (names for -m)."""
+    from .methods import registry
+
+    for name in registry.names():
+        spec = registry.get(name)
+        print(f"{name:18s} {spec.summary}  [{spec.paper}]")
+        if params:
+            for key, value in spec.defaults().items():
+                print(f"{'':18s}   {key}: {json.dumps(value)}")
+
+
+@app.command("config")
+@_handle_errors
+def config_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Print the effective config (defaults, file and --set applied) as YAML."""
+    print(dump_config(_config(config, set_)), end="")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Finding images, decoding them in DataLoader workers, preprocessing, batching.
+
+Each input gets a `key`: the relative path (POSIX, without suffix) under
+which its outputs are written, `OUT/<key>/<method>.png`. Keys never contain
+`..` or an absolute path, so no output can land outside OUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import PreprocessConfig
+from .errors import InputError, SaliencyError
+
+log = logging.getLogger("saliency")
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+@dataclass(frozen=True)
+class InputItem:
+    path: str  # as given or found, for the manifest and messages
+    key: str  # output location relative to OUT, without suffix
+
+
+@dataclass
+class Discovery:
+    items: list[InputItem]
+    skipped: list[str]  # files in folders that are not images by their suffix
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def discover(args: Sequence[str], stdin: Iterable[str] | None = None) -> Discovery:
+    """Expand the command-line PATH arguments into a list of images.
+
+    A folder is walked recursively in sorted order (following symlinks, each
+    real folder once); `-` reads one path per line from stdin, in order. With
+    one folder argument outputs mirror the tree inside it; with several
+    arguments each output tree starts with the argument's own name.
+    """
+    found: list[tuple[str, PurePosixPath]] = []
+    skipped: list[str] = []
+    several = len(args) > 1
+    for arg in args:
+        if arg == "-":
+            lines = stdin if stdin is not None else sys.stdin
+            for line in lines:
+                path = line.rstrip("\r\n")
+                if path.strip():
+                    found.append((path, _relative_to_cwd(path)))
+            continue
+        root = Path(arg)
+        if root.is_dir():
+            prefix = PurePosixPath(_safe_name(root)) if several else PurePosixPath()
+            for path in _walk(root):
+                rel = PurePosixPath(*path.relative_to(root).parts)
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((str(path), prefix / rel))
+                else:
+                    skipped.append(str(path))
+        elif root.exists():
+            found.append((arg, PurePosixPath(root.name)))
+        else:
+            raise SaliencyError(f"no such file or folder: {arg!r}")
+    return Discovery(_assign_keys(found), skipped)
+
+
+def _walk(root: Path) -> list[Path]:
+    files: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        files.extend(Path(dirpath) / name for name in filenames)
+    return sorted(files, key=lambda p: p.relative_to(root).parts)
+
+
+def _safe_name(root: Path) -> str:
+    name = root.resolve().name
+    return name or "root"
+
+
+def _relative_to_cwd(path: str) -> PurePosixPath:
+    """A stdin path made relative and safe: `..` becomes `__`, roots vanish."""
+    rel = os.path.relpath(os.path.abspath(path))
+    parts = [("__" if p == ".." else p) for p in Path(rel).parts if p not in ("", ".", os.sep)]
+    return PurePosixPath(*parts) if parts else PurePosixPath("input")
+
+
+def _assign_keys(found: list[tuple[str, PurePosixPath]]) -> list[InputItem]:
+    """Keys are paths without suffix; inputs that would share one (a.jpg next
+    to a.png) keep their suffix instead, and any remaining clash gets -2, -3."""
+    stems = [str(rel.with_suffix("")) if rel.suffix else str(rel) for _, rel in found]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    keys = [str(rel) if counts[stem] > 1 else stem for (_, rel), stem in zip(found, stems)]
+    used: set[str] = set()
+    items = []
+    for (path, _), key in zip(found, keys):
+        unique, n = key, 1
+        while unique in used:
+            n += 1
+            unique = f"{key}-{n}"
+        used.add(unique)
+        items.append(InputItem(path, unique))
+    return items
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode as displayed (EXIF orientation applied) and as 8-bit RGB."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise InputError("file not found") from None
+    except IsADirectoryError:
+        raise InputError("is a folder, not an image") from None
+    except PermissionError:
+        raise InputError("permission denied") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image too large to decode safely ({exc})") from None
+    except UnidentifiedImageError:
+        size = os.path.getsize(path)
+        raise InputError("empty file" if size == 0 else "not an image, or an unsupported format") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise InputError(f"cannot decode image: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16/32-bit greyscale: PIL's own conversion clips at 255 (a white image)
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def preprocess(img: Image.Image, cfg: PreprocessConfig) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """uint8 [3,H,W] model input and the box (left, top, right, bottom) of
+    the photo, in its own pixels, that the input shows."""
+    width, height = img.size
+    out_h, out_w = cfg.size
+    if cfg.resize == "none":
+        box = (0.0, 0.0, float(width), float(height))
+    elif cfg.resize == "stretch":
+        box = (0.0, 0.0, float(width), float(height))
+        img = img.resize((out_w, out_h), Image.BILINEAR)
+    else:  # center-crop: the shorter side scaled to size/crop_fraction, then the middle
+        scale = (min(out_h, out_w) / cfg.crop_fraction) / min(width, height)
+        crop_w, crop_h = out_w / scale, out_h / scale
+        left, top = (width - crop_w) / 2, (height - crop_h) / 2
+        box = (left, top, left + crop_w, top + crop_h)
+        img = img.resize((out_w, out_h), Image.BILINEAR, box=box)
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1), box
+
+
+# ------------------------------------------------------------------ dataset and batches
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes in the worker; a bad file becomes an item with `error` set, so
+    one corrupt image never stops the DataLoader."""
+
+    def __init__(self, items: Sequence[InputItem], cfg: PreprocessConfig, keep_original: bool):
+        self.items = items
+        self.cfg = cfg
+        self.keep_original = keep_original
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        item = {"index": index, "error": None, "input": None, "original": None}
+        try:
+            img = load_image(self.items[index].path)
+            item["input"], item["box"] = preprocess(img, self.cfg)
+            item["size"] = img.size
+            if self.keep_original:
+                item["original"] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        except InputError as exc:
+            item["error"] = str(exc)
+        item["decode_seconds"] = time.perf_counter() - start
+        return item
+
+
+@dataclass
+class Batch:
+    ok: list[dict[str, Any]]  # decoded items, in order
+    failed: list[dict[str, Any]]  # items whose `error` is set
+    inputs: torch.Tensor | None  # uint8 [B,3,H,W] of the decoded items
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    ok = [it for it in items if it["error"] is None]
+    failed = [it for it in items if it["error"] is not None]
+    inputs = torch.stack([it["input"] for it in ok]) if ok else None
+    return Batch(ok, failed, inputs)
+
+
+def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None,
+                pin_memory: bool) -> torch.utils.data.DataLoader:
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    workers = min(workers, len(dataset))
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def normalize(inputs: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """uint8 [B,3,H,W] on the device -> float, (x/255 - mean) / std. Done on
+    the device so only a quarter of the bytes cross the bus."""
+    mean = torch.tensor(cfg.mean, device=inputs.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=inputs.device).view(1, 3, 1, 1)
+    return (inputs.float() / 255.0 - mean) / std

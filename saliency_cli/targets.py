@@ -1,0 +1,61 @@
+"""Class names, the `--target` choice, and top-k predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import SaliencyError, did_you_mean
+
+
+def load_labels(spec: str | list[str] | None) -> list[str] | None:
+    """`imagenet` (built in), a text file with one name per line, a list, or None."""
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        return [str(s) for s in spec]
+    if spec == "imagenet":
+        from torchvision.models import ResNet50_Weights  # names only: nothing is downloaded
+
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    path = Path(spec)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SaliencyError(f"labels: cannot read {spec!r}: {exc.strerror or exc}") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def label_of(labels: list[str] | None, index: int) -> str:
+    if labels is not None and 0 <= index < len(labels):
+        return labels[index]
+    return f"class {index}"
+
+
+def parse_target(spec: int | str, labels: list[str] | None) -> int | None:
+    """`predicted` -> None (each image's top-1), an index, or a class name."""
+    if isinstance(spec, int):
+        index = spec
+    elif spec == "predicted":
+        return None
+    elif spec.strip().lstrip("-").isdigit():
+        index = int(spec)
+    else:
+        if labels is None:
+            raise SaliencyError(f"--target {spec!r}: class names need labels (config key 'labels')")
+        lowered = [name.lower() for name in labels]
+        if spec.lower() not in lowered:
+            raise SaliencyError(f"--target: {did_you_mean(spec, labels, what='class name')}")
+        index = lowered.index(spec.lower())
+    if index < 0:
+        raise SaliencyError(f"--target must be >= 0, got {index}")
+    return index
+
+
+def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, class ids), each [B, k], from softmax over the logits."""
+    probs = logits.float().softmax(dim=1)
+    return probs.topk(min(k, probs.shape[1]), dim=1)

@@ -1,0 +1,159 @@
+"""Writing outputs: atomic files, a background thread pool, the manifest.
+
+- Every file is written to `OUT/.tmp/` and renamed into place, so a killed
+  run never leaves a half-written PNG or .npy under its final name.
+- PNG encoding and .npy writing run on a thread pool (PIL and numpy release
+  the GIL while encoding), so the device does not wait on the disk.
+- `OUT/manifest.jsonl` gets one JSON line per processed image, written with a
+  single append once all of that image's files are in place, in input order.
+  It is append-only across runs: the last record of an input is the current one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("saliency")
+
+MANIFEST = "manifest.jsonl"
+TMP_DIR = ".tmp"
+# zlib level 1: heatmap overlays of photos hardly compress better at higher
+# levels, and level 6 (PIL's default) costs several times the CPU time.
+PNG_COMPRESS_LEVEL = 1
+
+
+def output_files(key: str, method: str, *, png: bool, npy: bool) -> dict[str, str]:
+    """File names, relative to OUT, of one image's outputs for one method."""
+    files = {}
+    if png:
+        files["png"] = f"{key}/{method}.png"
+    if npy:
+        files["npy"] = f"{key}/{method}.npy"
+    return files
+
+
+class Writer:
+    def __init__(self, out_dir: Path, *, threads: int | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out / TMP_DIR
+        shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
+        self.tmp.mkdir()
+        threads = threads or min(8, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="saliency-writer")
+        self.max_pending = 4 * threads + 16  # bounds memory held by queued maps
+        self.pending: deque[Future] = deque()
+        self.manifest_path = self.out / MANIFEST
+        self.on_record = on_record
+        self.counts = {"ok": 0, "error": 0}
+
+    # -- files
+
+    def _atomic(self, rel: str, write: Callable[[Path], None]) -> None:
+        final = self.out / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{uuid.uuid4().hex}{final.suffix}"
+        try:
+            write(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def save_npy(self, rel: str, array: np.ndarray) -> None:
+        self._atomic(rel, lambda p: np.save(p, array, allow_pickle=False))
+
+    def save_png(self, rel: str, image: Image.Image) -> None:
+        self._atomic(rel, lambda p: image.save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+
+    # -- records
+
+    def submit(self, record: dict[str, Any], jobs: list[Callable[[], None]] = ()) -> None:
+        """Run an image's file jobs in the background; its manifest record is
+        appended once they all finished (status 'error' if one failed)."""
+        self.pending.append(self.pool.submit(self._run_jobs, record, list(jobs)))
+        self._commit(block=len(self.pending) > self.max_pending)
+
+    @staticmethod
+    def _run_jobs(record: dict[str, Any], jobs: list[Callable[[], None]]) -> dict[str, Any]:
+        try:
+            for job in jobs:
+                job()
+        except Exception as exc:  # disk full, permissions... the run goes on
+            record["status"] = "error"
+            record["error"] = f"writing outputs failed: {exc}"
+        return record
+
+    def _commit(self, block: bool) -> None:
+        while self.pending and (block or self.pending[0].done()):
+            record = self.pending.popleft().result()
+            self._append(record)
+            block = block and len(self.pending) > self.max_pending
+
+    def _append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write of a whole line: readers never see half a record
+        finally:
+            os.close(fd)
+        self.counts["ok" if record.get("status") == "ok" else "error"] += 1
+        if record.get("status") != "ok":
+            log.error("%s: %s", record.get("input"), record.get("error"))
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def close(self, *, wait: bool = True) -> None:
+        """Finish (or with wait=False, drop) queued work; append what finished."""
+        if not wait:
+            for future in self.pending:
+                future.cancel()
+        self.pool.shutdown(wait=True)
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.cancelled():
+                self._append(future.result())
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last record per output key; unreadable lines (a run killed in
+    mid-write on a filesystem without atomic appends) are skipped."""
+    records: dict[str, dict[str, Any]] = {}
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return records
+    with path.open("rb") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                records[record["key"]] = record
+    return records
+
+
+def finished_methods(out_dir: Path, record: dict[str, Any] | None,
+                     expected: dict[str, dict[str, str]]) -> set[str]:
+    """Methods whose `expected` files a previous run recorded as written and
+    that are all still on disk."""
+    if not record or record.get("status") != "ok":
+        return set()
+    recorded = record.get("outputs") or {}
+    return {
+        method for method, files in expected.items()
+        if method in recorded and all((Path(out_dir) / rel).is_file() for rel in files.values())
+    }
