@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The offline pretrained default model, loaded once."""
+    from saliency_cli.models import efficientnet_lite0
+
+    return efficientnet_lite0().eval()
+
+
+@pytest.fixture(scope="session")
+def chelsea_input():
+    """chelsea.png preprocessed exactly as the default config does: [1,3,224,224]."""
+    from saliency_cli.config import Config
+    from saliency_cli.data import load_image, normalize, preprocess
+
+    cfg = Config().preprocess
+    tensor, _ = preprocess(load_image(str(SAMPLES / "chelsea.png")), cfg)
+    return normalize(tensor[None], cfg)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,165 @@
+"""`saliency` end to end, as a user runs it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import SAMPLES
+
+PHOTOS = sorted(p for p in SAMPLES.iterdir() if p.suffix in {".png", ".jpg"})
+CATS = {"Egyptian cat", "tabby", "tiger cat", "Persian cat", "Siamese cat"}
+
+
+def saliency(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "saliency_cli", *args], input=stdin, capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = saliency("explain", str(SAMPLES), "-m", "gradient", "-m", "gradient-x-input", "-o", str(out))
+    return proc, out
+
+
+@pytest.fixture
+def demo_copy(demo_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(demo_run[1], out)
+    return out
+
+
+def test_explain_sample_images(demo_run):
+    proc, out = demo_run
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    recs = {r["key"]: r for r in records(out)}
+    assert sorted(recs) == sorted(p.stem for p in PHOTOS)
+    chelsea = recs["chelsea"]
+    assert chelsea["predictions"][0]["label"] in CATS
+    assert chelsea["target"]["class"] == chelsea["predictions"][0]["class"]
+    assert 0.5 < chelsea["predictions"][0]["prob"] <= 1.0
+    for photo in PHOTOS:
+        rec = recs[photo.stem]
+        assert rec["status"] == "ok" and rec["input"] == str(photo)
+        with Image.open(photo) as original:
+            size = original.size
+        for method in ("gradient", "gradient-x-input"):
+            files = rec["outputs"][method]
+            with Image.open(out / files["png"]) as png:
+                assert png.size == size and png.mode == "RGB"
+            raw = np.load(out / files["npy"])
+            assert raw.shape == (224, 224) and raw.dtype == np.float32 and np.isfinite(raw).all()
+    # gradient maps are non-negative (max-abs), gradient x input is signed (sum)
+    assert np.load(out / "chelsea/gradient.npy").min() >= 0
+    assert np.load(out / "chelsea/gradient-x-input.npy").min() < 0
+    assert not (out / ".tmp").exists()
+
+
+def test_second_run_skips_everything(demo_copy):
+    before = {p: p.stat().st_mtime_ns for p in demo_copy.rglob("*.*")}
+    proc = saliency("explain", str(SAMPLES), "-m", "gradient", "-m", "gradient-x-input", "-o", str(demo_copy))
+    assert proc.returncode == 0, proc.stderr
+    assert "4 of 4 image(s) already done" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in demo_copy.rglob("*.*")} == before
+
+
+def test_a_new_method_only_computes_that_method(demo_copy):
+    old = (demo_copy / "chelsea/gradient.npy").stat().st_mtime_ns
+    proc = saliency("explain", str(SAMPLES), "-m", "gradient", "-m", "deconvnet", "-o", str(demo_copy))
+    assert proc.returncode == 0, proc.stderr
+    assert (demo_copy / "chelsea/gradient.npy").stat().st_mtime_ns == old
+    latest = {r["key"]: r for r in records(demo_copy)}
+    assert set(latest["chelsea"]["outputs"]) == {"gradient", "gradient-x-input", "deconvnet"}
+    assert set(latest["chelsea"]["seconds"]) == {"decode", "deconvnet"}
+
+
+def test_overwrite_recomputes(demo_copy):
+    old = (demo_copy / "coffee/gradient.png").stat().st_mtime_ns
+    proc = saliency("explain", str(SAMPLES / "coffee.png"), "-m", "gradient", "-o", str(demo_copy),
+                    "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (demo_copy / "coffee/gradient.png").stat().st_mtime_ns != old
+    assert [r["key"] for r in records(demo_copy)][-1] == "coffee"
+
+
+def test_stdin_jsonl_and_a_bad_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    paths = f"{SAMPLES / 'chelsea.png'}\n{bad}\n{SAMPLES / 'rocket.jpg'}\n"
+    out = tmp_path / "out"
+    proc = saliency("explain", "-", "-m", "gradient", "-o", str(out), "--jsonl", "--target", "tabby",
+                    stdin=paths, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert printed == records(out)
+    status = {r["input"]: r["status"] for r in printed}
+    assert status == {str(SAMPLES / "chelsea.png"): "ok", str(bad): "error",
+                      str(SAMPLES / "rocket.jpg"): "ok"}
+    assert all(r["target"]["label"] == "tabby" for r in printed if r["status"] == "ok")
+    assert "broken.jpg: cannot decode image" in proc.stderr or "broken.jpg: not an image" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-m", "grad-came"], "unknown method 'grad-came'"),
+    (["--set", "runtime.bach_size=2"], "unknown key 'runtime.bach_size'"),
+    (["--set", "model.checkpoint=/no/such.pt", "--set", "model.factory=null", "--set", "model.arch=resnet18"],
+     "no such file '/no/such.pt'"),
+    (["--target", "unicorn"], "unknown class name 'unicorn'"),
+    (["--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(tmp_path / "o"), "-q", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("saliency: error: ") and message in lines[0], proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-m", "nope", "--debug", "-o", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_missing_input_and_empty_folder(tmp_path):
+    proc = saliency("explain", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = saliency("explain", str(tmp_path / "empty"), "-o", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no images found" in proc.stderr
+
+
+def test_methods_and_help_teach():
+    listed = saliency("methods").stdout
+    import saliency_cli as sal
+
+    assert [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()] == sal.methods()
+    params = saliency("methods", "--params").stdout
+    assert "noise_level: 0.15" in params and "n: 50" in params
+    helptext = saliency("explain", "--help").stdout
+    assert "saliency explain sample_images -o out" in helptext and "--set" in helptext
+
+
+def test_config_command_shows_effective_values():
+    import yaml
+
+    proc = saliency("config", "--set", "methods.smoothgrad.n=25")
+    assert proc.returncode == 0
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["methods"]["smoothgrad"]["n"] == 25
+    assert shown["methods"]["smoothgrad"]["noise_level"] == 0.15  # defaults filled in
+    assert shown["model"]["factory"] == "saliency_cli.models:efficientnet_lite0"

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from saliency_cli.config import PreprocessConfig
+from saliency_cli.data import ImageDataset, collate, discover, load_image, preprocess
+from saliency_cli.errors import InputError, SaliencyError
+
+
+def make_png(path, size=(20, 10), color=(200, 30, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def test_folder_walk_is_recursive_and_sorted(tmp_path):
+    for rel in ["b.png", "a/z.png", "a/b.jpg", "c/d/e.png", "A.png"]:
+        make_png(tmp_path / rel)
+    (tmp_path / "notes.txt").write_text("x")
+    found = discover([str(tmp_path)])
+    assert [i.key for i in found.items] == ["A", "a/b", "a/z", "b", "c/d/e"]
+    assert found.skipped == [str(tmp_path / "notes.txt")]
+
+
+def test_several_arguments_prefix_their_names(tmp_path):
+    make_png(tmp_path / "one" / "x.png")
+    make_png(tmp_path / "two" / "x.png")
+    single = make_png(tmp_path / "solo.jpg")
+    found = discover([str(tmp_path / "one"), str(tmp_path / "two"), str(single)])
+    assert [i.key for i in found.items] == ["one/x", "two/x", "solo"]
+
+
+def test_same_stem_different_suffix_do_not_collide(tmp_path):
+    make_png(tmp_path / "a.png")
+    make_png(tmp_path / "a.jpg")
+    make_png(tmp_path / "b.png")
+    assert [i.key for i in discover([str(tmp_path)]).items] == ["a.jpg", "a.png", "b"]
+
+
+def test_stdin_keeps_order_and_stays_inside_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = ["z.png\n", "sub/a.png\n", "\n", "../../x.png\n", "/abs/olute.png\r\n"]
+    keys = [i.key for i in discover(["-"], stdin=io.StringIO("".join(lines))).items]
+    assert keys[:2] == ["z", "sub/a"]
+    assert all(".." not in k.split("/") and not k.startswith("/") for k in keys)
+    assert keys[2] == "__/__/x"
+
+
+def test_missing_argument_is_an_error(tmp_path):
+    with pytest.raises(SaliencyError, match="no such file or folder"):
+        discover([str(tmp_path / "missing")])
+
+
+def test_symlink_loop_is_walked_once(tmp_path):
+    make_png(tmp_path / "d" / "x.png")
+    os.symlink(tmp_path / "d", tmp_path / "d" / "loop")
+    assert [i.key for i in discover([str(tmp_path / "d")]).items] == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty file"), (b"hello, not an image", "not an image"), (None, "cannot decode image")],
+)
+def test_bad_files_raise_input_error(tmp_path, content, message):
+    path = tmp_path / "bad.jpg"
+    if content is None:  # a truncated JPEG
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+        content = buf.getvalue()[:300]
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        load_image(str(path))
+
+
+def test_modes_become_rgb(tmp_path):
+    for mode, value in [("L", 128), ("RGBA", (10, 20, 30, 0)), ("P", 3), ("CMYK", (0, 0, 0, 0)),
+                        ("I;16", 65535)]:
+        path = tmp_path / f"{mode.replace(';', '')}.png" if mode != "CMYK" else tmp_path / "cmyk.jpg"
+        Image.new(mode, (8, 4), value).save(path)
+        img = load_image(str(path))
+        assert img.mode == "RGB" and img.size == (8, 4)
+    # 16-bit white stays white (PIL's own conversion would clip everything to 255 anyway,
+    # but mid-grey must stay mid-grey)
+    Image.new("I;16", (4, 4), 32768).save(tmp_path / "grey16.png")
+    assert abs(int(np.asarray(load_image(str(tmp_path / "grey16.png")))[0, 0, 0]) - 128) <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (30, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_image(str(tmp_path / "rot.jpg")).size == (10, 30)
+
+
+def test_stretch_keeps_the_whole_photo():
+    img = Image.new("RGB", (300, 100))
+    tensor, box = preprocess(img, PreprocessConfig(size=[64, 32]))
+    assert tensor.shape == (3, 64, 32) and tensor.dtype == torch.uint8
+    assert box == (0.0, 0.0, 300.0, 100.0)
+
+
+def test_center_crop_box_maps_back_to_the_photo():
+    arr = np.zeros((100, 300, 3), dtype=np.uint8)
+    arr[:, 150:] = 255  # right half white
+    tensor, box = preprocess(Image.fromarray(arr), PreprocessConfig(size=[50, 50], resize="center-crop",
+                                                                   crop_fraction=1.0))
+    assert box == pytest.approx((100.0, 0.0, 200.0, 100.0))
+    assert tensor[:, :, :20].float().mean() < 5 and tensor[:, :, 30:].float().mean() > 250
+
+
+def test_dataset_reports_bad_items_without_raising(tmp_path):
+    good = make_png(tmp_path / "good.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    from saliency_cli.data import InputItem
+
+    ds = ImageDataset([InputItem(str(good), "good"), InputItem(str(bad), "bad")],
+                      PreprocessConfig(size=[16, 16]), keep_original=True)
+    batch = collate([ds[0], ds[1]])
+    assert batch.inputs.shape == (1, 3, 16, 16)
+    assert batch.ok[0]["original"].shape == (10, 20, 3)
+    assert batch.failed[0]["error"] == "empty file"

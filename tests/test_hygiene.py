@@ -1,0 +1,97 @@
+"""Contract of every registered method: shapes, finite values, batch of two
+equals two single calls, and the model left exactly as given, also when its
+forward raises halfway."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saliency_cli as sal
+
+from .helpers import TinyCNN, assert_same_state, model_state, seeded
+
+# keep the expensive methods cheap here; their own tests cover their parameters
+FAST = {"smoothgrad": {"n": 3}}
+
+
+def params(name):
+    return FAST.get(name, {})
+
+
+class RaisingCNN(TinyCNN):
+    def forward(self, x):
+        x = self.relu1(self.conv1(x))
+        x = self.relu2(self.bn(self.conv2(x)))
+        raise RuntimeError("boom")
+
+
+def train_mode_model(cls=TinyCNN):
+    model = seeded(cls(), 0)
+    model.train()  # attribution must switch to eval and back
+    model.fc.weight.requires_grad_(False)  # a partly frozen model keeps its flags
+    return model
+
+
+@pytest.mark.parametrize("name", sal.methods())
+def test_shapes_and_finiteness(name):
+    model = seeded(TinyCNN(), 0).eval()
+    x = torch.randn(2, 3, 12, 10)
+    maps = sal.attribute(model, x, name, **params(name))
+    assert maps.shape == (2, 12, 10) and maps.dtype == torch.float32
+    assert torch.isfinite(maps).all() and maps.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sal.methods())
+def test_batch_of_two_equals_two_single_calls(name):
+    model = seeded(TinyCNN(), 0).eval()
+    x = torch.randn(2, 3, 12, 10)
+    both = sal.attribute(model, x, name, **params(name))
+    singles = torch.cat([sal.attribute(model, x[i:i + 1], name, **params(name)) for i in range(2)])
+    torch.testing.assert_close(both, singles, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sal.methods())
+def test_model_left_exactly_as_given(name):
+    model = train_mode_model()
+    before = model_state(model)
+    sal.attribute(model, torch.randn(2, 3, 12, 10), name, **params(name))
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("name", sal.methods())
+def test_model_left_as_given_when_forward_raises(name):
+    model = train_mode_model(RaisingCNN)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        sal.attribute(model, torch.randn(2, 3, 12, 10), name, **params(name))
+    assert_same_state(before, model_state(model))
+
+
+def test_eval_mode_is_used_during_attribution():
+    """BatchNorm must use its running statistics: the maps of a model given in
+    train mode equal those of the same model in eval mode."""
+    model = train_mode_model()
+    x = torch.randn(2, 3, 12, 10)
+    in_train = sal.attribute(model, x, "gradient")
+    torch.testing.assert_close(in_train, sal.attribute(model.eval(), x, "gradient"))
+
+
+def test_images_are_not_modified():
+    model = seeded(TinyCNN(), 0).eval()
+    x = torch.randn(2, 3, 12, 10)
+    copy = x.clone()
+    for name in sal.methods():
+        sal.attribute(model, x, name, **params(name))
+    assert torch.equal(x, copy) and not x.requires_grad
+
+
+def test_registry_rejects_duplicates():
+    from saliency_cli.methods.registry import PixelParams, register
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register("gradient", summary="", paper="", params=PixelParams)(lambda *a: None)
+
+
+def test_registry_is_the_list_of_methods():
+    assert sal.methods()[:5] == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad"]

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from saliency_cli.render import COLORMAPS, colorize, render_heatmap, to_unit
+
+
+def test_positive_scaling_clips_at_the_percentile_and_keeps_the_raw_map():
+    raw = np.arange(100, dtype=np.float32).reshape(10, 10)
+    copy = raw.copy()
+    unit = to_unit(raw, "positive", 90.0)
+    assert np.array_equal(raw, copy)
+    assert unit.max() == 1.0 and unit[0, 0] == 0.0
+    assert unit[5, 0] == pytest.approx(50 / np.percentile(raw, 90))
+
+
+def test_signed_scaling_puts_zero_in_the_middle():
+    unit = to_unit(np.array([[-2.0, 0.0, 2.0]], np.float32), "signed", 100.0)
+    assert unit.tolist() == [[0.0, 0.5, 1.0]]
+
+
+def test_minmax_and_constant_maps():
+    assert to_unit(np.array([[-3.0, 1.0]], np.float32), "minmax").tolist() == [[0.0, 1.0]]
+    assert not to_unit(np.zeros((3, 3), np.float32), "positive").any()
+
+
+def test_jet_runs_blue_to_red():
+    lut = COLORMAPS["jet"]
+    assert lut[0].argmax() == 2 and lut[-1].argmax() == 0
+    assert colorize(np.array([[0.0, 1.0]]), "jet").shape == (1, 2, 3)
+
+
+def test_overlay_at_original_size_only_inside_the_box():
+    original = np.full((40, 60, 3), 100, np.uint8)
+    values = np.ones((8, 8), np.float32)
+    img = render_heatmap(values, style="positive", colormap="gray", size=(60, 40), box=(10, 0, 50, 40),
+                         original=original, alpha=0.5)
+    arr = np.asarray(img)
+    assert img.size == (60, 40)
+    assert (arr[:, :10] == 100).all() and (arr[:, 50:] == 100).all()
+    assert abs(int(arr[20, 30, 0]) - (100 + 255) // 2) <= 1
+    bare = np.asarray(render_heatmap(values, style="positive", colormap="gray", size=(60, 40),
+                                     box=(0, 0, 60, 40)))
+    assert (bare == 255).all()
