@@ -222,6 +222,40 @@ def config_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     print(dump_config(_config(config, set_)), end="")
 
 
+@app.command("layers", epilog="[bold]Example[/bold]\n\n  saliency layers -c configs/resnet50.yaml\n\n"
+             "  saliency explain photos/ -m grad-cam --set methods.grad-cam.layer=layer3")
+@_handle_errors
+def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """List the layers grad-cam can explain (4-D outputs, in the order they run)."""
+    _setup_logging(False, debug)
+    import torch
+
+    from .hooks import model_guard
+    from .methods import registry
+    from .methods.layers import list_layers
+    from .models import load_model
+
+    cfg = _config(config, set_)
+    model = load_model(cfg.model).eval()
+    images = torch.zeros(1, 3, *cfg.preprocess.size)
+    rows = list_layers(model, images)
+    width = max(len(r.name) for r in rows)
+    print(f"  {'layer':{width}s}  {'type':24s} output (one image, input {cfg.preprocess.size[0]}x"
+          f"{cfg.preprocess.size[1]})")
+    for row in rows:
+        runs = f"  runs {row.calls}x per forward: the last call is used" if row.calls > 1 else ""
+        print(f"{'*' if row.default else ' '} {row.name:{width}s}  {row.kind:24s} "
+              f"{'x'.join(map(str, row.shape[1:]))}{runs}")
+    print("* default layer of grad-cam and guided-grad-cam (the last feature map before global pooling)")
+    try:
+        cam = registry.get("cam")
+        with model_guard(model):
+            cam.compute(model, images, None, cam.make_params())
+        print("cam: available (global average pooling + linear head)")
+    except SaliencyError as exc:
+        print(f"cam: not available for this model: {exc}")
+
+
 def main() -> None:
     app()
 

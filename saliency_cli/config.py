@@ -119,7 +119,7 @@ class Config:
     # imagenet (built in) | path to a text file with one name per line | a list | null
     labels: str | list[str] | None = "imagenet"
     # methods `saliency explain` runs when no -m/--method is given
-    run: list[str] = field(default_factory=lambda: ["gradient", "gradient-x-input"])
+    run: list[str] = field(default_factory=lambda: ["gradient", "guided-backprop", "grad-cam"])
     # per-method parameters: methods.<name>.<param>
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)

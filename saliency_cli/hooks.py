@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-Rule = Literal["guided", "deconvnet"]
+Rule = Literal["guided", "deconvnet", "plain"]
 
 
 class UnguidedActivationWarning(UserWarning):
@@ -63,16 +63,19 @@ def model_guard(model: Any) -> Iterator[None]:
 
 
 class _Rectifier(torch.autograd.Function):
-    """clamp(x, lower, upper) forward; a method-specific backward.
+    """clamp(x, 0, upper) forward; the backward rule of the mode that created it.
 
-    guided (Springenberg et al.):  dx = relu(dy) * [lower < x < upper]
+    guided (Springenberg et al.):  dx = relu(dy) * [0 < x < upper]
     deconvnet (Zeiler & Fergus):   dx = relu(dy)  (the forward sign is ignored)
-    The gate is read from the output: lower < y < upper exactly where
-    lower < x < upper, and the output is kept by autograd anyway.
+    plain:                         dx = dy * [0 < x < upper]  (the true derivative)
+    The rule is read from the mode when the backward runs, so one forward
+    pass can serve a plain and a guided backward (Guided Grad-CAM). The gate
+    is read from the output: 0 < y < upper exactly where 0 < x < upper, and
+    autograd keeps the output anyway.
     """
 
     @staticmethod
-    def forward(ctx, x, upper, inplace, guided):  # type: ignore[override]
+    def forward(ctx, x, upper, inplace, mode):  # type: ignore[override]
         if upper is None:
             y = torch.relu_(x) if inplace else torch.relu(x)
         else:
@@ -80,21 +83,21 @@ class _Rectifier(torch.autograd.Function):
         if inplace:
             ctx.mark_dirty(x)
         ctx.upper = upper
-        ctx.guided = guided
-        if guided:
-            ctx.save_for_backward(y)
+        ctx.mode = mode
+        ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        grad_in = grad_out.clamp(min=0)
-        if ctx.guided:
-            (y,) = ctx.saved_tensors
-            gate = y > 0
-            if ctx.upper is not None:
-                gate &= y < ctx.upper
-            grad_in = grad_in * gate
-        return grad_in, None, None, None
+        rule = ctx.mode.rule
+        if rule == "deconvnet":
+            return grad_out.clamp(min=0), None, None, None
+        (y,) = ctx.saved_tensors
+        gate = y > 0
+        if ctx.upper is not None:
+            gate &= y < ctx.upper
+        signal = grad_out.clamp(min=0) if rule == "guided" else grad_out
+        return signal * gate, None, None, None
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
@@ -146,7 +149,7 @@ _NOT_RELU_FAMILY: dict[Any, str] = {
 class _ActivationRules(TorchFunctionMode):
     def __init__(self, rule: Rule):
         super().__init__()
-        self.guided = rule == "guided"
+        self.rule = rule  # read by every _Rectifier when the backward runs
         self.unguided: set[str] = set()
         self.rectified = 0
 
@@ -161,7 +164,7 @@ class _ActivationRules(TorchFunctionMode):
                 x, upper, inplace = parsed
                 if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
                     self.rectified += 1
-                    return _Rectifier.apply(x, upper, inplace, self.guided)
+                    return _Rectifier.apply(x, upper, inplace, self)
         elif func in _NOT_RELU_FAMILY:
             self.unguided.add(_NOT_RELU_FAMILY[func])
         return func(*args, **kwargs)
@@ -190,27 +193,27 @@ def activation_rules(rule: Rule, method: str) -> Iterator[_ActivationRules]:
 
 
 @contextmanager
-def capture_outputs(module: nn.Module, *, track_grad: bool = False) -> Iterator[list[torch.Tensor]]:
+def capture_outputs(module: nn.Module, *, track_call: int | None = None) -> Iterator[list[Any]]:
     """Collect the output of every call of `module` during the block.
 
-    With `track_grad`, each output is made to require grad (so the gradient can
-    be taken with respect to it even with frozen parameters and an input that
-    needs none) and a copy is passed on to the rest of the model, so that an
-    in-place operation after the layer cannot change the captured values.
+    `track_call` is the index of the call whose output the gradient will be
+    taken with respect to. That output is made to require grad (so the
+    gradient exists even with frozen parameters and an input that needs
+    none: the backward then stops at this layer), and a copy is passed on to
+    the rest of the model, so an in-place operation after the layer cannot
+    change the captured values.
     """
-    outputs: list[torch.Tensor] = []
+    outputs: list[Any] = []
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor):
+        index = len(outputs)
+        if index != track_call or not isinstance(output, torch.Tensor) or not torch.is_grad_enabled():
             outputs.append(output)
             return None
-        if track_grad and torch.is_grad_enabled():
-            if not output.requires_grad:
-                output = output.detach().requires_grad_(True)
-            outputs.append(output)
-            return output.clone()
+        if not output.requires_grad:
+            output = output.detach().requires_grad_(True)
         outputs.append(output)
-        return None
+        return output.clone()
 
     handle = module.register_forward_hook(hook)
     try:

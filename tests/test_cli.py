@@ -163,3 +163,34 @@ def test_config_command_shows_effective_values():
     assert shown["methods"]["smoothgrad"]["n"] == 25
     assert shown["methods"]["smoothgrad"]["noise_level"] == 0.15  # defaults filled in
     assert shown["model"]["factory"] == "saliency_cli.models:efficientnet_lite0"
+
+
+def test_cam_family_through_the_cli(tmp_path):
+    out = tmp_path / "out"
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(out), "-m", "cam", "-m", "grad-cam",
+                    "-m", "guided-grad-cam", "--set", "methods.guided-grad-cam.layer=_blocks.15")
+    assert proc.returncode == 0, proc.stderr
+    assert "layer '_swish' runs 2 times per forward pass; explaining its last call (output 1280x7x7)" in proc.stderr
+    for method in ("cam", "grad-cam", "guided-grad-cam"):
+        raw = np.load(out / "chelsea" / f"{method}.npy")
+        assert raw.shape == (224, 224) and np.isfinite(raw).all()
+    cam, grad_cam = np.load(out / "chelsea/cam.npy"), np.load(out / "chelsea/grad-cam.npy")
+    # EfficientNet-Lite0 ends in GAP + linear on a 7x7 map: Grad-CAM = ReLU(CAM) / 49,
+    # and this CAM is positive everywhere, so the saved maps differ by exactly 49
+    assert cam.min() > 0
+    np.testing.assert_allclose(grad_cam, cam / 49, rtol=1e-4)
+
+
+def test_layers_lists_candidates_and_marks_the_default():
+    proc = saliency("layers")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    default = [line for line in lines if line.startswith("* ") and "ReLU6" in line]
+    assert len(default) == 1 and "_swish" in default[0] and "1280x7x7" in default[0] and "runs 2x" in default[0]
+    assert any("_blocks.15 " in line and "MBConvBlock" in line and "320x7x7" in line for line in lines)
+    assert "cam: available" in proc.stdout
+    vgg = saliency("layers", "--set", "model.factory=null", "--set", "model.arch=vgg11",
+                   "--set", "preprocess.size=64")
+    assert vgg.returncode == 0, vgg.stderr
+    assert any(line.startswith("* features ") for line in vgg.stdout.splitlines())
+    assert "cam: not available" in vgg.stdout

@@ -8,5 +8,8 @@ from . import gradient_x_input  # noqa: F401
 from . import deconvnet  # noqa: F401
 from . import guided_backprop  # noqa: F401
 from . import smoothgrad  # noqa: F401
+from . import cam  # noqa: F401
+from . import grad_cam  # noqa: F401
+from . import guided_grad_cam  # noqa: F401
 # isort: on
 from .registry import Attribution, Method, get, names, register  # noqa: F401
