@@ -3,10 +3,14 @@
     import saliency_cli as sal
     sal.methods()
     maps = sal.attribute(model, images, method="grad-cam")
+    explanations = sal.explain_detections(detector, images, method="d-rise")
 """
 
-from .api import attribute, methods
+from .api import attribute, explain_detections, methods
+from .detection import Detections
 from .errors import SaliencyError
+from .methods.d_rise import DetectionExplanation
 
 __version__ = "0.1.0"
-__all__ = ["attribute", "methods", "SaliencyError", "__version__"]
+__all__ = ["attribute", "explain_detections", "methods", "Detections", "DetectionExplanation",
+           "SaliencyError", "__version__"]

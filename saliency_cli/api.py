@@ -1,13 +1,18 @@
-"""The public Python API: `attribute` and `methods`."""
+"""The public Python API: `methods`, `attribute` and `explain_detections`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .detection import as_detector
+from .errors import SaliencyError
+from .hooks import model_guard
 from .methods import registry
+from .methods.d_rise import DetectionExplanation
 
 
 def methods() -> list[str]:
@@ -35,3 +40,31 @@ def attribute(
     """
     spec = registry.get(method)
     return spec.run(model, images, targets, spec.make_params(params)).maps
+
+
+def explain_detections(
+    detector: Any,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    method: str = "d-rise",
+    target_class: int | None = None,
+    **params: Any,
+) -> list[DetectionExplanation]:
+    """Saliency maps for an object detector's detections.
+
+    detector: a torchvision detection model, or any callable
+        images [B,3,H,W] in [0,1] -> list (one per image) of Detections.
+    images: [B,3,H,W] or a list of [3,H,W] tensors (sizes may differ), in [0,1].
+    target_class: explain only detections of this class.
+    Returns one DetectionExplanation per image: the explained detections
+    (score >= score_threshold, at most max_detections, highest first) and
+    their maps [K,H,W].
+    """
+    spec = registry.get(method)
+    if spec.task != "detection":
+        raise SaliencyError(f"{method} explains classifiers: use attribute()")
+    p = spec.make_params(params)
+    detect = as_detector(detector)
+    if isinstance(images, torch.Tensor) and images.dim() == 3:
+        images = images[None]
+    with model_guard(detector):
+        return [spec.compute(detect, image, target_class, p) for image in images]

@@ -236,6 +236,9 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     from .models import load_model
 
     cfg = _config(config, set_)
+    if cfg.task != "classification":
+        raise SaliencyError("layers lists the layers of classifiers (for grad-cam); this config has "
+                            f"task: {cfg.task}")
     model = load_model(cfg.model).eval()
     images = torch.zeros(1, 3, *cfg.preprocess.size)
     rows = list_layers(model, images)

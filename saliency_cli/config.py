@@ -62,10 +62,13 @@ class PreprocessConfig:
     `center-crop` resizes the shorter side to size/crop_fraction and crops."""
 
     size: list[int] | int = field(default_factory=lambda: [224, 224])  # [height, width] or one int
-    resize: Literal["stretch", "center-crop", "none"] = "stretch"
+    resize: Literal["stretch", "center-crop"] = "stretch"
     crop_fraction: float = 0.875
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # task: detection only. Detectors get the photo itself, in [0,1] (torchvision
+    # detectors resize and normalise inside); max_size caps its longer side.
+    max_size: int | None = None
 
     def check(self) -> None:
         if isinstance(self.size, int):
@@ -76,6 +79,8 @@ class PreprocessConfig:
             raise SaliencyError("preprocess.mean and preprocess.std need 3 values (std > 0)")
         if not 0 < self.crop_fraction <= 1:
             raise SaliencyError("preprocess.crop_fraction must be in (0, 1]")
+        if self.max_size is not None and self.max_size < 8:
+            raise SaliencyError("preprocess.max_size must be >= 8")
 
 
 @dataclass
@@ -113,11 +118,12 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "detection"] = "classification"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(factory=DEFAULT_FACTORY))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    # imagenet (built in) | path to a text file with one name per line | a list | null
-    labels: str | list[str] | None = "imagenet"
+    # auto: ImageNet names for a 1000-class classifier, COCO names for a 91-class
+    # torchvision detector | imagenet | coco | a text file, one name per line | a list | null
+    labels: str | list[str] | None = "auto"
     # methods `saliency explain` runs when no -m/--method is given
     run: list[str] = field(default_factory=lambda: ["gradient", "guided-backprop", "grad-cam"])
     # per-method parameters: methods.<name>.<param>
@@ -129,9 +135,18 @@ class Config:
         from .methods import registry  # late import: methods import config helpers
 
         for name in self.run:
-            registry.get(name)
+            self.check_method(name)
         for name, params in self.methods.items():
             registry.get(name).make_params(params, where=f"methods.{name}")
+
+    def check_method(self, name: str) -> None:
+        """The method exists and explains this config's kind of model."""
+        from .methods import registry
+
+        method = registry.get(name)
+        if method.task != self.task:
+            raise SaliencyError(f"method {name!r} is for task: {method.task}, and this config has task: "
+                                f"{self.task}; {self.task} methods: {', '.join(registry.names(self.task))}")
 
     def method_params(self, name: str) -> Any:
         """The validated parameter object for one method."""

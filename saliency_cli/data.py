@@ -161,13 +161,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def preprocess(img: Image.Image, cfg: PreprocessConfig) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """uint8 [3,H,W] model input and the box (left, top, right, bottom) of
-    the photo, in its own pixels, that the input shows."""
+    """Classifier input: uint8 [3,H,W] and the box (left, top, right,
+    bottom) of the photo, in its own pixels, that the input shows."""
     width, height = img.size
     out_h, out_w = cfg.size
-    if cfg.resize == "none":
-        box = (0.0, 0.0, float(width), float(height))
-    elif cfg.resize == "stretch":
+    if cfg.resize == "stretch":
         box = (0.0, 0.0, float(width), float(height))
         img = img.resize((out_w, out_h), Image.BILINEAR)
     else:  # center-crop: the shorter side scaled to size/crop_fraction, then the middle
@@ -176,8 +174,22 @@ def preprocess(img: Image.Image, cfg: PreprocessConfig) -> tuple[torch.Tensor, t
         left, top = (width - crop_w) / 2, (height - crop_h) / 2
         box = (left, top, left + crop_w, top + crop_h)
         img = img.resize((out_w, out_h), Image.BILINEAR, box=box)
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1), box
+    return _to_tensor(img), box
+
+
+def preprocess_detection(img: Image.Image, cfg: PreprocessConfig) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """Detector input: the whole photo as uint8 [3,h,w], its longer side
+    capped at `max_size` (aspect kept), and the box of the whole photo."""
+    width, height = img.size
+    box = (0.0, 0.0, float(width), float(height))
+    if cfg.max_size and max(width, height) > cfg.max_size:
+        scale = cfg.max_size / max(width, height)
+        img = img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    return _to_tensor(img), box
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 # ------------------------------------------------------------------ dataset and batches
@@ -187,10 +199,12 @@ class ImageDataset(torch.utils.data.Dataset):
     """Decodes in the worker; a bad file becomes an item with `error` set, so
     one corrupt image never stops the DataLoader."""
 
-    def __init__(self, items: Sequence[InputItem], cfg: PreprocessConfig, keep_original: bool):
+    def __init__(self, items: Sequence[InputItem], cfg: PreprocessConfig, keep_original: bool,
+                 detection: bool = False):
         self.items = items
         self.cfg = cfg
         self.keep_original = keep_original
+        self.prepare = preprocess_detection if detection else preprocess
 
     def __len__(self) -> int:
         return len(self.items)
@@ -200,7 +214,7 @@ class ImageDataset(torch.utils.data.Dataset):
         item = {"index": index, "error": None, "input": None, "original": None}
         try:
             img = load_image(self.items[index].path)
-            item["input"], item["box"] = preprocess(img, self.cfg)
+            item["input"], item["box"] = self.prepare(img, self.cfg)
             item["size"] = img.size
             if self.keep_original:
                 item["original"] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
@@ -214,14 +228,16 @@ class ImageDataset(torch.utils.data.Dataset):
 class Batch:
     ok: list[dict[str, Any]]  # decoded items, in order
     failed: list[dict[str, Any]]  # items whose `error` is set
-    inputs: torch.Tensor | None  # uint8 [B,3,H,W] of the decoded items
+    inputs: torch.Tensor | list[torch.Tensor] | None  # uint8 [B,3,H,W], or a list when sizes differ
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:
     ok = [it for it in items if it["error"] is None]
     failed = [it for it in items if it["error"] is not None]
-    inputs = torch.stack([it["input"] for it in ok]) if ok else None
-    return Batch(ok, failed, inputs)
+    inputs = [it["input"] for it in ok]
+    if inputs and all(t.shape == inputs[0].shape for t in inputs):
+        return Batch(ok, failed, torch.stack(inputs))
+    return Batch(ok, failed, inputs or None)
 
 
 def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None,

@@ -1,9 +1,10 @@
 """The one loop: discover -> decode (workers) -> device -> methods -> writer.
 
-Per batch, the first method's forward pass gives the logits for the top-k
-predictions and fixes the explained class; the other methods explain that
-same class. Maps stay on the device until one copy per method per batch;
-rendering and writing happen on the writer's threads.
+Classification: per batch, the first method's forward pass gives the logits
+for the top-k predictions and fixes the explained class; the other methods
+explain that same class. Maps stay on the device until one copy per method
+per batch. Detection: one image at a time (sizes differ), its masks batched
+on the device. Rendering and writing happen on the writer's threads.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from tqdm import tqdm
 
 from .config import Config
 from .data import Batch, ImageDataset, InputItem, discover, make_loader, normalize
+from .detection import as_detector, num_classes
 from .errors import SaliencyError
 from .methods import registry
 from .models import load_model
-from .render import render_heatmap
+from .render import draw_detection, render_heatmap
 from .targets import label_of, load_labels, parse_target, top_k
-from .writer import Writer, finished_methods, output_files, read_manifest
+from .writer import Writer, finished_methods, output_files, read_manifest, recorded_files
 
 log = logging.getLogger("saliency")
 
@@ -74,8 +76,10 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+def prepare_model(model: Any, device: torch.device) -> Any:
     """The CLI owns this model: eval mode and frozen weights once, for good."""
+    if not isinstance(model, nn.Module):
+        return model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -95,13 +99,16 @@ def run(
 ) -> RunSummary:
     start = time.perf_counter()
     names = list(dict.fromkeys(methods or cfg.run))
+    for name in names:
+        cfg.check_method(name)
     params = {name: cfg.method_params(name) for name in names}  # validates before any work
     out_dir = Path(out_dir)
+    detection = cfg.task == "detection"
 
     found = discover(paths, stdin)
     if found.skipped:
-        example = found.skipped[0]
-        log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)", len(found.skipped), example)
+        log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)",
+                 len(found.skipped), found.skipped[0])
     if not found.items:
         raise SaliencyError(f"no images found in {' '.join(paths)}")
     work = _plan(found.items, names, out_dir, cfg, overwrite)
@@ -112,24 +119,31 @@ def run(
     if not work:
         return summary
 
-    labels = load_labels(cfg.labels)
-    target = parse_target(cfg.runtime.target, labels)
     device = resolve_device(cfg.runtime.device)
+    torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = prepare_model(load_model(cfg.model), device)
-    torch.manual_seed(cfg.runtime.seed)
+    labels = load_labels(cfg.labels, num_classes=_num_classes(model, cfg, device))
+    target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(names), device)
 
-    dataset = ImageDataset([w.item for w in work], cfg.preprocess,
+    dataset = ImageDataset([w.item for w in work], cfg.preprocess, detection=detection,
                            keep_original=cfg.output.png and cfg.output.overlay)
-    loader = make_loader(dataset, batch_size=cfg.runtime.batch_size, workers=cfg.runtime.workers,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
+                         workers=cfg.runtime.workers, pin_memory=device.type == "cuda")
     writer = Writer(out_dir, on_record=on_record)
-    step = _BatchStep(cfg, model, device, params, labels, target, writer, work)
-    bar = tqdm(total=len(work), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    if detection:
+        masks = sum(params[n].num_masks for n in names)
+        bar = tqdm(total=len(work) * masks, unit="mask", unit_scale=True, disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        step: Any = _DetectStep(cfg, model, device, params, labels, target, writer, work, progress=bar.update)
+    else:
+        bar = tqdm(total=len(work), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        step = _ClassifyStep(cfg, model, device, params, labels, target, writer, work)
     try:
         for batch in loader:
             step(batch)
-            bar.update(len(batch.ok) + len(batch.failed))
+            if not detection:
+                bar.update(len(batch.ok) + len(batch.failed))
     except KeyboardInterrupt:
         summary.interrupted = True
         log.warning("interrupted: finishing the images already computed, then stopping")
@@ -141,13 +155,32 @@ def run(
     return summary
 
 
+def _num_classes(model: Any, cfg: Config, device: torch.device) -> int | None:
+    """Output width, for `labels: auto` (one small forward for classifiers)."""
+    if cfg.labels != "auto":
+        return None
+    if cfg.task == "detection":
+        return num_classes(model) if isinstance(model, nn.Module) else None
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, *cfg.preprocess.size, device=device))
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def _expected_files(key: str, name: str, cfg: Config) -> dict[str, str]:
+    """Files known before a run; a detection method's PNGs (one per detection)
+    are known from its record."""
+    if cfg.task == "detection":
+        return output_files(key, name, png=False, npy=cfg.output.npy)
+    return output_files(key, name, png=cfg.output.png, npy=cfg.output.npy)
+
+
 def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
           overwrite: bool) -> list[_Work]:
     """Which methods each image still needs (all of them with --overwrite)."""
     previous = {} if overwrite else read_manifest(out_dir)
     work = []
     for item in items:
-        expected = {n: output_files(item.key, n, png=cfg.output.png, npy=cfg.output.npy) for n in names}
+        expected = {n: _expected_files(item.key, n, cfg) for n in names}
         record = previous.get(item.key)
         done = finished_methods(out_dir, record, expected)
         todo = [n for n in names if n not in done]
@@ -155,24 +188,38 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
             # outputs of other methods from earlier runs stay part of the image's record
             kept = {n: f for n, f in (record or {}).get("outputs", {}).items()
                     if n not in todo and record.get("status") == "ok"
-                    and all((out_dir / rel).is_file() for rel in f.values())}
+                    and all((out_dir / rel).is_file() for rel in recorded_files(f))}
             work.append(_Work(item, todo, kept))
     return work
 
 
-class _BatchStep:
-    """Everything done for one batch; a class only to hold the run's state."""
+class _Step:
+    """State shared by the per-batch steps of a run."""
 
     def __init__(self, cfg, model, device, params, labels, target, writer, work):
         self.cfg, self.model, self.device = cfg, model, device
         self.params, self.labels, self.target = params, labels, target
         self.writer, self.work = writer, work
-        self.checked_labels = False
 
-    def __call__(self, batch: Batch) -> None:
+    def record_failures(self, batch: Batch) -> None:
         for it in batch.failed:
             item = self.work[it["index"]].item
             self.writer.submit({"input": item.path, "key": item.key, "status": "error", "error": it["error"]})
+
+    def base_record(self, work: _Work, it: dict) -> dict[str, Any]:
+        return {"input": work.item.path, "key": work.item.key, "status": "ok", "size": list(it["size"]),
+                "outputs": dict(work.previous)}
+
+    def render(self, values: np.ndarray, it: dict, style: str, percentile: float):
+        out = self.cfg.output
+        original = it["original"].numpy() if it["original"] is not None and out.overlay else None
+        return render_heatmap(values, style=style, colormap=out.colormap, size=tuple(it["size"]),
+                              box=it["box"], original=original, alpha=out.alpha, percentile=percentile)
+
+
+class _ClassifyStep(_Step):
+    def __call__(self, batch: Batch) -> None:
+        self.record_failures(batch)
         if not batch.ok:
             return
         works = [self.work[it["index"]] for it in batch.ok]
@@ -190,7 +237,6 @@ class _BatchStep:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds[name] = round((time.perf_counter() - t0) / size, 5)
-        self._check_labels(logits)
         probs = logits.float().softmax(dim=1)
         top_p, top_c = top_k(logits, self.cfg.runtime.top_k)
         target_p = probs.gather(1, targets[:, None])[:, 0]
@@ -199,50 +245,80 @@ class _BatchStep:
         top_p, top_c = top_p.cpu().tolist(), top_c.cpu().tolist()
         target_c, target_p = targets.cpu().tolist(), target_p.cpu().tolist()
         for i, (it, work) in enumerate(zip(batch.ok, works)):
-            record = {
-                "input": work.item.path,
-                "key": work.item.key,
-                "status": "ok",
-                "size": list(it["size"]),
-                "predictions": [
-                    {"class": c, "label": label_of(self.labels, c), "prob": round(p, 6)}
-                    for c, p in zip(top_c[i], top_p[i])
-                ],
-                "target": {"class": target_c[i], "label": label_of(self.labels, target_c[i]),
-                           "prob": round(target_p[i], 6)},
-                "outputs": dict(work.previous),
-                "seconds": {"decode": round(it["decode_seconds"], 5),
-                            **{n: seconds[n] for n in work.methods}},
-            }
+            record = self.base_record(work, it)
+            record["predictions"] = [{"class": c, "label": label_of(self.labels, c), "prob": round(p, 6)}
+                                     for c, p in zip(top_c[i], top_p[i])]
+            record["target"] = {"class": target_c[i], "label": label_of(self.labels, target_c[i]),
+                                "prob": round(target_p[i], 6)}
+            record["seconds"] = {"decode": round(it["decode_seconds"], 5), **{n: seconds[n] for n in work.methods}}
             jobs = []
             for name in work.methods:
                 files = output_files(work.item.key, name, png=self.cfg.output.png, npy=self.cfg.output.npy)
                 record["outputs"][name] = files
-                jobs += self._jobs(name, files, host[name][i], it)
+                if "npy" in files:
+                    jobs.append(partial(self.writer.save_npy, files["npy"], host[name][i]))
+                if "png" in files:
+                    jobs.append(partial(self._png, name, files["png"], host[name][i], it))
             self.writer.submit(record, jobs)
 
-    def _jobs(self, name: str, files: dict[str, str], values: np.ndarray, it: dict) -> list:
-        jobs = []
-        if "npy" in files:
-            jobs.append(partial(self.writer.save_npy, files["npy"], values))
-        if "png" in files:
-            jobs.append(partial(self._render, name, files["png"], values, it))
-        return jobs
-
-    def _render(self, name: str, rel: str, values: np.ndarray, it: dict) -> None:
-        out = self.cfg.output
+    def _png(self, name: str, rel: str, values: np.ndarray, it: dict) -> None:
         if values.ndim == 3:  # reduce: none keeps channels; show the max-abs view
             values = np.abs(values).max(axis=0)
         style, percentile = registry.get(name).display(self.params[name])
-        original = it["original"].numpy() if it["original"] is not None else None
-        image = render_heatmap(values, style=style, colormap=out.colormap, size=tuple(it["size"]),
-                               box=it["box"], original=original, alpha=out.alpha, percentile=percentile)
-        self.writer.save_png(rel, image)
+        self.writer.save_png(rel, self.render(values, it, style, percentile))
 
-    def _check_labels(self, logits: torch.Tensor) -> None:
-        if self.checked_labels:
-            return
-        self.checked_labels = True
-        if self.labels is not None and len(self.labels) != logits.shape[1]:
-            log.warning("the model has %d outputs but labels has %d names; names may not match",
-                        logits.shape[1], len(self.labels))
+
+class _DetectStep(_Step):
+    def __init__(self, *args, progress: Callable[[int], None]):
+        super().__init__(*args)
+        self.detector = as_detector(self.model)
+        self.progress = progress  # counts masks
+
+    def __call__(self, batch: Batch) -> None:
+        self.record_failures(batch)
+        for it, image in zip(batch.ok, [] if batch.inputs is None else batch.inputs):
+            work = self.work[it["index"]]
+            image = image.to(self.device, non_blocking=True).float() / 255.0
+            record = self.base_record(work, it)
+            record["seconds"] = {"decode": round(it["decode_seconds"], 5)}
+            jobs = []
+            for name in work.methods:
+                t0 = time.perf_counter()
+                explained = registry.get(name).compute(self.detector, image, self.target, self.params[name],
+                                                       self.progress)
+                record["seconds"][name] = round(time.perf_counter() - t0, 5)
+                jobs += self._outputs(name, explained, image.shape[-2:], it, work, record)
+            self.writer.submit(record, jobs)
+
+    def _outputs(self, name, explained, input_size, it, work, record) -> list:
+        dets = explained.detections.to(torch.device("cpu"))
+        maps = explained.maps.float().cpu().numpy()
+        width, height = it["size"]
+        scale = np.array([width / input_size[1], height / input_size[0]] * 2)  # input -> photo pixels
+        key, out = work.item.key, self.cfg.output
+        files: dict[str, Any] = {}
+        jobs: list = []
+        if out.npy:
+            files["npy"] = f"{key}/{name}.npy"
+            jobs.append(partial(self.writer.save_npy, files["npy"], maps))
+        record["detections"] = []
+        pngs = []
+        for k in range(len(dets)):
+            box = (dets.boxes[k].numpy() * scale).round(2).tolist()
+            label = label_of(self.labels, int(dets.labels[k]))
+            entry = {"index": k, "box": box, "class": int(dets.labels[k]), "label": label,
+                     "score": round(float(dets.scores[k]), 6)}
+            if out.png:
+                entry["png"] = f"{key}/{name}-{k}.png"
+                pngs.append(entry["png"])
+                text = f"{label} {float(dets.scores[k]):.2f}"
+                jobs.append(partial(self._png, name, entry["png"], maps[k], it, box, text))
+            record["detections"].append(entry)
+        if out.png:
+            files["png"] = pngs
+        record["outputs"][name] = files
+        return jobs
+
+    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, box: list[float], text: str) -> None:
+        image = draw_detection(self.render(values, it, registry.get(name).style, 100.0), box, text)
+        self.writer.save_png(rel, image)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 Style = Literal["positive", "signed", "minmax"]
 
@@ -95,3 +95,19 @@ def render_heatmap(
         region = canvas[top:bottom, left:right].astype(np.uint16)
         canvas[top:bottom, left:right] = ((region * (256 - a) + heat.astype(np.uint16) * a) >> 8).astype(np.uint8)
     return Image.fromarray(canvas, "RGB")
+
+
+def draw_detection(image: Image.Image, box: tuple[float, float, float, float], text: str) -> Image.Image:
+    """Outline a detection and label it, on the image (in place) and return it."""
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 250))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    draw.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=width + 2)
+    draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0), width=width)
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
+    left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+    shift = bottom - top + 2 * width
+    y_text = y0 - shift if y0 - shift >= 0 else y0
+    draw.rectangle((left, y_text, right + 2 * width, y_text + shift), fill=(0, 0, 0))
+    draw.text((x0 + width, y_text + width / 2), text, fill=(255, 255, 255), font=font)
+    return image

@@ -9,16 +9,22 @@ import torch
 from .errors import SaliencyError, did_you_mean
 
 
-def load_labels(spec: str | list[str] | None) -> list[str] | None:
-    """`imagenet` (built in), a text file with one name per line, a list, or None."""
+def load_labels(spec: str | list[str] | None, *, num_classes: int | None = None) -> list[str] | None:
+    """`imagenet` / `coco` (built in), a text file with one name per line, a
+    list, None, or `auto`: ImageNet names for 1000 classes, COCO names for 91
+    (torchvision's detection numbering), none otherwise."""
+    if spec == "auto":
+        spec = {1000: "imagenet", 91: "coco"}.get(num_classes)  # type: ignore[arg-type]
     if spec is None:
         return None
     if isinstance(spec, list):
         return [str(s) for s in spec]
-    if spec == "imagenet":
-        from torchvision.models import ResNet50_Weights  # names only: nothing is downloaded
+    if spec in ("imagenet", "coco"):  # names only: nothing is downloaded
+        from torchvision.models import ResNet50_Weights
+        from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
-        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+        weights = ResNet50_Weights.IMAGENET1K_V1 if spec == "imagenet" else FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+        return list(weights.meta["categories"])
     path = Path(spec)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

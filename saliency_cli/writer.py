@@ -146,14 +146,23 @@ def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def recorded_files(entry: Any) -> list[str]:
+    """The file names of one method's `outputs` entry (a name or a list per kind)."""
+    files: list[str] = []
+    for value in (entry or {}).values():
+        files.extend(value if isinstance(value, list) else [value])
+    return files
+
+
 def finished_methods(out_dir: Path, record: dict[str, Any] | None,
                      expected: dict[str, dict[str, str]]) -> set[str]:
-    """Methods whose `expected` files a previous run recorded as written and
-    that are all still on disk."""
+    """Methods whose `expected` files and recorded files (a previous run
+    wrote them and said so) are all still on disk."""
     if not record or record.get("status") != "ok":
         return set()
     recorded = record.get("outputs") or {}
     return {
         method for method, files in expected.items()
-        if method in recorded and all((Path(out_dir) / rel).is_file() for rel in files.values())
+        if method in recorded
+        and all((Path(out_dir) / rel).is_file() for rel in [*files.values(), *recorded_files(recorded[method])])
     }

@@ -194,3 +194,98 @@ def test_layers_lists_candidates_and_marks_the_default():
     assert vgg.returncode == 0, vgg.stderr
     assert any(line.startswith("* features ") for line in vgg.stdout.splitlines())
     assert "cam: not available" in vgg.stdout
+
+
+def detection_config(tmp_path: Path, arch: str, kwargs: str) -> Path:
+    path = tmp_path / "detect.yaml"
+    path.write_text(f"""
+task: detection
+model:
+  arch: {arch}
+  kwargs: {{weights_backbone: null, {kwargs}}}
+preprocess: {{max_size: 256}}
+run: [d-rise]
+methods:
+  d-rise: {{num_masks: 16, mask_batch: 8, score_threshold: 0.0, max_detections: 2}}
+""")
+    return path
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), [
+    ("fasterrcnn_mobilenet_v3_large_320_fpn", "box_score_thresh: 0.0"),
+    ("retinanet_resnet50_fpn", "score_thresh: 0.0, min_size: 256, max_size: 256"),
+])
+def test_d_rise_end_to_end_with_torchvision_detectors(tmp_path, arch, kwargs):
+    config = detection_config(tmp_path, arch, kwargs)
+    out = tmp_path / "out"
+    photo = SAMPLES / "astronaut.png"
+    proc = saliency("explain", str(photo), "-c", str(config), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (record,) = records(out)
+    assert record["status"] == "ok" and len(record["detections"]) == 2
+    raw = np.load(out / record["outputs"]["d-rise"]["npy"])
+    assert raw.shape == (2, 256, 256) and raw.dtype == np.float32 and np.isfinite(raw).all()
+    assert raw.min() >= 0 and raw.max() <= 1
+    for det in record["detections"]:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 512 and 0 <= y0 <= y1 <= 512  # in the photo's own pixels
+        assert det["label"] and 0 <= det["score"] <= 1
+        with Image.open(out / det["png"]) as png:
+            assert png.size == (512, 512)
+    again = saliency("explain", str(photo), "-c", str(config), "-o", str(out))
+    assert again.returncode == 0 and "1 of 1 image(s) already done" in again.stderr
+
+
+def test_task_and_method_must_agree(tmp_path):
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-m", "d-rise", "-o", str(tmp_path))
+    assert proc.returncode == 2
+    assert "method 'd-rise' is for task: detection, and this config has task: classification" in proc.stderr
+    config = detection_config(tmp_path, "fasterrcnn_mobilenet_v3_large_320_fpn", "box_score_thresh: 0.0")
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-c", str(config), "-m", "grad-cam", "-o",
+                    str(tmp_path))
+    assert proc.returncode == 2 and "detection methods: d-rise" in proc.stderr
+    proc = saliency("layers", "-c", str(config))
+    assert proc.returncode == 2 and "task: detection" in proc.stderr
+
+
+FACTORY_DETECTOR = """
+import torch
+from saliency_cli import Detections
+
+def build():
+    def detect(images):  # a cat on the left half, a cup on the right half
+        h, w = images.shape[-2:]
+        out = []
+        for image in images:
+            left, right = image[:, :, : w // 2].mean(), image[:, :, w // 2:].mean()
+            out.append(Detections(torch.tensor([[0.0, 0.0, w / 2, h], [w / 2, 0.0, w, h]]),
+                                  torch.stack([left, right]).clamp(0, 1),
+                                  torch.eye(2), torch.tensor([0, 1])))
+        return out
+    return detect
+"""
+
+
+def test_factory_detector_and_target_class(tmp_path):
+    (tmp_path / "toy_detector.py").write_text(FACTORY_DETECTOR)
+    config = tmp_path / "toy.yaml"
+    config.write_text(f"""
+task: detection
+model: {{factory: "{tmp_path / 'toy_detector.py'}:build"}}
+labels: [cat, cup]
+run: [d-rise]
+methods:
+  d-rise: {{num_masks: 64, grid: 4, score_threshold: 0.0}}
+""")
+    out = tmp_path / "out"
+    proc = saliency("explain", str(SAMPLES / "coffee.png"), "-c", str(config), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert [d["label"] for d in records(out)[0]["detections"]] == ["cup", "cat"]  # brighter right half first
+    proc = saliency("explain", str(SAMPLES / "coffee.png"), "-c", str(config), "-o", str(out), "--overwrite",
+                    "--target", "cat")
+    assert proc.returncode == 0, proc.stderr
+    record = records(out)[-1]
+    assert [d["label"] for d in record["detections"]] == ["cat"]
+    saliency_map = np.load(out / record["outputs"]["d-rise"]["npy"])[0]
+    half = saliency_map.shape[1] // 2
+    assert saliency_map[:, :half].mean() > saliency_map[:, half:].mean()  # the cat's evidence is on the left

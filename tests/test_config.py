@@ -61,7 +61,7 @@ def test_single_int_size_means_square():
         ("modle: {}", [], "unknown key 'modle' (did you mean 'model'?)"),
         ("runtime: {batch_size: many}", [], "runtime.batch_size: expected an integer, got 'many'"),
         ("output: {overlay: 3}", [], "output.overlay: expected true/false"),
-        ("preprocess: {resize: squash}", [], "expected one of 'stretch', 'center-crop', 'none'"),
+        ("preprocess: {resize: squash}", [], "expected one of 'stretch', 'center-crop'"),
         ("run: [gradient, gradcam2]", [], "unknown method 'gradcam2'"),
         ("methods: {smoothgrad: {nn: 3}}", [], "unknown key 'methods.smoothgrad.nn' (did you mean 'n'?)"),
         ("methods: {smoothgrad: {base: cam}}", [], "base must be a pixel-space method"),

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import saliency_cli as sal
+from saliency_cli.methods import registry
 
 from .helpers import TinyCNN, assert_same_state, model_state, seeded
 
+CLASSIFICATION = registry.names("classification")  # d-rise has its own contract (test_d_rise.py)
 # keep the expensive methods cheap here; their own tests cover their parameters
 FAST = {"smoothgrad": {"n": 3}}
 
@@ -33,7 +35,7 @@ def train_mode_model(cls=TinyCNN):
     return model
 
 
-@pytest.mark.parametrize("name", sal.methods())
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_shapes_and_finiteness(name):
     model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
@@ -42,7 +44,7 @@ def test_shapes_and_finiteness(name):
     assert torch.isfinite(maps).all() and maps.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", sal.methods())
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_batch_of_two_equals_two_single_calls(name):
     model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
@@ -51,7 +53,7 @@ def test_batch_of_two_equals_two_single_calls(name):
     torch.testing.assert_close(both, singles, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sal.methods())
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_model_left_exactly_as_given(name):
     model = train_mode_model()
     before = model_state(model)
@@ -59,7 +61,7 @@ def test_model_left_exactly_as_given(name):
     assert_same_state(before, model_state(model))
 
 
-@pytest.mark.parametrize("name", sal.methods())
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_model_left_as_given_when_forward_raises(name):
     model = train_mode_model(RaisingCNN)
     before = model_state(model)
@@ -81,7 +83,7 @@ def test_images_are_not_modified():
     model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
     copy = x.clone()
-    for name in sal.methods():
+    for name in CLASSIFICATION:
         sal.attribute(model, x, name, **params(name))
     assert torch.equal(x, copy) and not x.requires_grad
 
@@ -94,4 +96,6 @@ def test_registry_rejects_duplicates():
 
 
 def test_registry_is_the_list_of_methods():
-    assert sal.methods()[:5] == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad"]
+    assert sal.methods() == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad",
+                             "cam", "grad-cam", "guided-grad-cam", "d-rise"]
+    assert registry.names("detection") == ["d-rise"]

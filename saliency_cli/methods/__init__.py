@@ -11,5 +11,6 @@ from . import smoothgrad  # noqa: F401
 from . import cam  # noqa: F401
 from . import grad_cam  # noqa: F401
 from . import guided_grad_cam  # noqa: F401
+from . import d_rise  # noqa: F401
 # isort: on
 from .registry import Attribution, Method, get, names, register  # noqa: F401

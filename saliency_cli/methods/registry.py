@@ -58,6 +58,7 @@ class Method:
     compute: Compute
     pixel_space: bool  # per-channel input-space maps: reducible, usable as a SmoothGrad base
     style: str = "positive"  # display scaling of non-pixel-space maps (see render.to_unit)
+    task: str = "classification"  # or "detection": compute(detector, image, target_class, params)
 
     def make_params(self, values: Mapping[str, Any] | None = None, *, where: str | None = None) -> Any:
         """Validate parameter values (from the API or the config)."""
@@ -76,6 +77,8 @@ class Method:
 
     def run(self, model: nn.Module, images: torch.Tensor, targets: Any, params: Any) -> Attribution:
         """Guarded call with targets checked and pixel-space maps reduced."""
+        if self.task != "classification":
+            raise SaliencyError(f"{self.name} explains object detectors: use explain_detections()")
         images = _check_images(images)
         targets = _check_targets(targets, images)
         with model_guard(model):
@@ -89,13 +92,13 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, *, summary: str, paper: str, params: type, pixel_space: bool = True,
-             style: str = "positive"):
+             style: str = "positive", task: str = "classification"):
     """Decorator registering `compute` under `name`; a duplicate name is a bug and raises."""
 
     def decorate(compute: Compute) -> Compute:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = Method(name, summary, paper, params, compute, pixel_space, style)
+        _REGISTRY[name] = Method(name, summary, paper, params, compute, pixel_space, style, task)
         return compute
 
     return decorate
@@ -108,8 +111,8 @@ def get(name: str) -> Method:
         raise SaliencyError(did_you_mean(name, _REGISTRY, what="method")) from None
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def names(task: str | None = None) -> list[str]:
+    return [name for name, m in _REGISTRY.items() if task is None or m.task == task]
 
 
 # ------------------------------------------------------------------ shared pieces

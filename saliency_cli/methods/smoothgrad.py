@@ -42,7 +42,8 @@ class SmoothGradParams(PixelParams):
             raise SaliencyError("smoothgrad: noise_batch must be >= 1")
         base = registry.get(self.base)
         if not base.pixel_space or base.name == "smoothgrad":
-            allowed = [m for m in registry.names() if registry.get(m).pixel_space and m != "smoothgrad"]
+            allowed = [m for m in registry.names("classification")
+                       if registry.get(m).pixel_space and m != "smoothgrad"]
             raise SaliencyError(f"smoothgrad: base must be a pixel-space method ({', '.join(allowed)})")
 
 
