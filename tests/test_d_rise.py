@@ -186,3 +186,24 @@ def test_classification_and_detection_apis_refuse_each_other():
         sal.attribute(nn.Linear(2, 2), torch.zeros(1, 3, 2, 2), "d-rise")
     with pytest.raises(SaliencyError, match="explains classifiers"):
         sal.explain_detections(RegionDetector(), torch.zeros(1, 3, 2, 2), "grad-cam")
+
+
+@pytest.mark.parametrize(("name", "kwargs", "two_stage"), [
+    ("maskrcnn_resnet50_fpn", {"box_score_thresh": 0.0, "min_size": 128, "max_size": 128}, True),
+    ("keypointrcnn_resnet50_fpn", {"box_score_thresh": 0.0, "min_size": 128, "max_size": 128}, True),
+    ("fcos_resnet50_fpn", {"score_thresh": 0.0, "min_size": 128, "max_size": 128}, False),
+    ("ssdlite320_mobilenet_v3_large", {"score_thresh": 0.0}, False),
+    ("ssd300_vgg16", {"score_thresh": 0.0}, False),
+])
+def test_every_torchvision_detector_family_is_adapted(name, kwargs, two_stage):
+    model = torchvision_detector(name, **kwargs)
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2))
+    (explained,) = sal.explain_detections(model, image, num_masks=2, score_threshold=0.0, max_detections=2)
+    found = explained.detections
+    assert len(found) == 2 and explained.maps.shape == (2, 96, 128)
+    assert torch.isfinite(explained.maps).all()
+    if two_stage:  # the proposal's full softmax: sums to one, its label's entry is the score
+        torch.testing.assert_close(found.probs.sum(dim=1), torch.ones(2))
+    else:
+        torch.testing.assert_close(found.probs.sum(dim=1), found.scores)
+    torch.testing.assert_close(found.probs[torch.arange(2), found.labels], found.scores)
