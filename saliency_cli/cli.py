@@ -23,7 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .config import Config, dump_config, load_config
-from .errors import SaliencyError
+from .errors import SaliencyError, Terminated
 
 log = logging.getLogger("saliency")
 
@@ -53,12 +53,8 @@ SetOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug messages.")]
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: finish what is computed, then stop."""
-
-
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
@@ -102,7 +98,7 @@ def _handle_errors(command):
             raise
         except KeyboardInterrupt as exc:
             print("saliency: interrupted", file=sys.stderr)
-            raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         except Exception as exc:  # a bug: say so, briefly
             if debug:
                 traceback.print_exc()
@@ -154,6 +150,12 @@ def explain(
                      "stderr; no progress bar.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print each manifest record to stdout as "
                      "it is written (nothing else goes to stdout).")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first input that "
+                         "fails (exit code 1) instead of recording it and going on.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Process only "
+                     "shard K (0..N-1) of N of the sorted inputs; under torchrun the run shards "
+                     "itself by RANK/WORLD_SIZE. The last shard to finish merges the manifests.",
+                     show_default=False)] = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -176,6 +178,7 @@ def explain(
         cfg, paths, out, methods=method or None, overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
         on_record=_print_record if jsonl else None,
+        shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     if summary.interrupted:
         print(f"saliency: interrupted after {summary.ok} image(s); rerun the same command to finish",
@@ -190,6 +193,15 @@ def explain(
         done += f" in {summary.seconds:.1f}s"
     log.info("%s", done)
     raise typer.Exit(summary.exit_code)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit()) or int(n) < 1:
+        raise SaliencyError(f"--shard expects K/N with 0 <= K < N, e.g. 0/4; got {text!r}")
+    return int(k), int(n)
 
 
 def _print_record(record: dict[str, Any]) -> None:
@@ -213,6 +225,24 @@ def methods_cmd(
         if params:
             for key, value in spec.defaults().items():
                 print(f"{'':18s}   {key}: {json.dumps(value)}")
+
+
+@app.command("merge", epilog="[bold]Example[/bold]\n\n  saliency merge out/")
+@_handle_errors
+def merge_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder of a sharded run.", show_default=False)],
+    debug: DebugOpt = False,
+) -> None:
+    """Fold the manifest parts of a sharded run into OUT/manifest.jsonl (one
+    record per image, the latest), e.g. after a Slurm array job."""
+    _setup_logging(False, debug)
+    from .writer import manifest_files, merge_manifests
+
+    if not out.is_dir():
+        raise SaliencyError(f"no such folder: {str(out)!r}")
+    parts = [p for p in manifest_files(out) if p.name != "manifest.jsonl"]
+    count = merge_manifests(out)
+    log.info("merged %d part(s): %d record(s) in %s", len(parts), count, out / "manifest.jsonl")
 
 
 @app.command("config")

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -132,23 +133,34 @@ def _assign_keys(found: list[tuple[str, PurePosixPath]]) -> list[InputItem]:
 def load_image(path: str) -> Image.Image:
     """Decode as displayed (EXIF orientation applied) and as 8-bit RGB."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        with warnings.catch_warnings():  # PIL's warnings (big image, odd palette) would print raw
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(_upright(img))
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
         raise InputError("is a folder, not an image") from None
     except PermissionError:
         raise InputError("permission denied") from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large to decode safely ({exc})") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise InputError(f"image too large to decode safely (more than {limit:,} pixels: "
+                         "a possible decompression bomb)") from None
     except UnidentifiedImageError:
         size = os.path.getsize(path)
         raise InputError("empty file" if size == 0 else "not an image, or an unsupported format") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InputError(f"cannot decode image: {exc}") from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a photo with damaged EXIF stays as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -27,3 +27,7 @@ def did_you_mean(word: str, choices: Iterable[str], *, what: str) -> str:
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     shown = ", ".join(choices) if len(choices) <= 40 else ", ".join(choices[:40]) + ", ..."
     return f"unknown {what} {word!r}{hint}; valid: {shown}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finish the images already computed, then stop."""

@@ -10,6 +10,7 @@ on the device. Rendering and writing happen on the writer's threads.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,12 +27,21 @@ from tqdm import tqdm
 from .config import Config
 from .data import Batch, ImageDataset, InputItem, discover, make_loader, normalize
 from .detection import as_detector, num_classes
-from .errors import SaliencyError
+from .errors import SaliencyError, Terminated, did_you_mean
 from .methods import registry
 from .models import load_model
 from .render import draw_detection, render_heatmap
 from .targets import label_of, load_labels, parse_target, top_k
-from .writer import Writer, finished_methods, output_files, read_manifest, recorded_files
+from .writer import (
+    MANIFEST,
+    PART,
+    Writer,
+    finish_shard,
+    finished_methods,
+    output_files,
+    read_manifest,
+    recorded_files,
+)
 
 log = logging.getLogger("saliency")
 
@@ -42,14 +52,29 @@ class RunSummary:
     skipped: int = 0  # already done by an earlier run
     ok: int = 0
     failed: int = 0
-    interrupted: bool = False
+    interrupted: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
+    stopped_early: bool = False  # --fail-fast met a failure
     seconds: float = 0.0
+    merged: bool = False  # this shard merged the manifest parts
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return self.interrupted
         return 1 if self.failed else 0
+
+
+def resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    """--shard K/N, else torchrun's RANK / WORLD_SIZE, else no sharding."""
+    if shard is not None:
+        k, n = shard
+        if not 0 <= k < n:
+            raise SaliencyError(f"--shard K/N needs 0 <= K < N, got {k}/{n}")
+        return shard if n > 1 else None
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is not None and world is not None and int(world) > 1:
+        return int(rank), int(world)
+    return None
 
 
 @dataclass
@@ -61,7 +86,10 @@ class _Work:
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local = os.environ.get("LOCAL_RANK")  # under torchrun each process takes its own GPU
+        return torch.device("cuda", int(local) % torch.cuda.device_count() if local else 0)
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -96,8 +124,11 @@ def run(
     progress: bool = False,
     stdin: Iterable[str] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    shard: tuple[int, int] | None = None,
+    fail_fast: bool = False,
 ) -> RunSummary:
     start = time.perf_counter()
+    shard = resolve_shard(shard)
     names = list(dict.fromkeys(methods or cfg.run))
     for name in names:
         cfg.check_method(name)
@@ -111,17 +142,23 @@ def run(
                  len(found.skipped), found.skipped[0])
     if not found.items:
         raise SaliencyError(f"no images found in {' '.join(paths)}")
-    work = _plan(found.items, names, out_dir, cfg, overwrite)
-    summary = RunSummary(found=len(found.items), skipped=len(found.items) - len(work))
+    items = found.items
+    if shard is not None:  # round robin over the sorted list: balanced and deterministic
+        items = items[shard[0]::shard[1]]
+        log.info("shard %d of %d: %d of %d image(s)", shard[0], shard[1], len(items), len(found.items))
+    work = _plan(items, names, out_dir, cfg, overwrite)
+    summary = RunSummary(found=len(items), skipped=len(items) - len(work))
     if summary.skipped:
         log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
                  summary.skipped, summary.found, out_dir)
     if not work:
+        _finish(summary, out_dir, shard)
         return summary
 
     device = resolve_device(cfg.runtime.device)
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = prepare_model(load_model(cfg.model), device)
+    _check_layers(model, params)
     labels = load_labels(cfg.labels, num_classes=_num_classes(model, cfg, device))
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(names), device)
@@ -130,7 +167,8 @@ def run(
                            keep_original=cfg.output.png and cfg.output.overlay)
     loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
                          workers=cfg.runtime.workers, pin_memory=device.type == "cuda")
-    writer = Writer(out_dir, on_record=on_record)
+    manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
+    writer = Writer(out_dir, manifest=manifest, on_record=on_record)
     if detection:
         masks = sum(params[n].num_masks for n in names)
         bar = tqdm(total=len(work) * masks, unit="mask", unit_scale=True, disable=not progress,
@@ -139,20 +177,55 @@ def run(
     else:
         bar = tqdm(total=len(work), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         step = _ClassifyStep(cfg, model, device, params, labels, target, writer, work)
+    debug = log.isEnabledFor(logging.DEBUG)
     try:
         for batch in loader:
-            step(batch)
+            try:
+                step(batch)
+            except (SaliencyError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # one odd image must not end a long run
+                if debug:
+                    raise
+                step.record_failures(batch, f"explaining failed: {type(exc).__name__}: {exc}")
             if not detection:
                 bar.update(len(batch.ok) + len(batch.failed))
-    except KeyboardInterrupt:
-        summary.interrupted = True
+            if fail_fast and (batch.failed or writer.counts["error"]):
+                summary.stopped_early = True
+                log.error("stopping at the first failed input (--fail-fast)")
+                break
+    except KeyboardInterrupt as exc:
+        summary.interrupted = 143 if isinstance(exc, Terminated) else 130
         log.warning("interrupted: finishing the images already computed, then stopping")
     finally:
         bar.close()
         writer.close()
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]
     summary.seconds = time.perf_counter() - start
+    if not summary.interrupted and not summary.stopped_early:
+        _finish(summary, out_dir, shard)
     return summary
+
+
+def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None) -> None:
+    if shard is not None and out_dir.exists():
+        summary.merged = finish_shard(out_dir, *shard)
+        if summary.merged:
+            log.info("all %d shards done: merged their manifests into %s", shard[1], out_dir / MANIFEST)
+
+
+def _check_layers(model: Any, params: dict[str, Any]) -> None:
+    """A misspelt layer is a config error: say so before any image is read."""
+    for name, p in params.items():
+        layer = getattr(p, "layer", None)
+        if layer is None or not isinstance(model, nn.Module):
+            continue
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            message = did_you_mean(layer, names, what="layer").split("; valid:")[0]
+            raise SaliencyError(f"{name}: {message}; `saliency layers` lists the layers") from None
 
 
 def _num_classes(model: Any, cfg: Config, device: torch.device) -> int | None:
@@ -201,10 +274,13 @@ class _Step:
         self.params, self.labels, self.target = params, labels, target
         self.writer, self.work = writer, work
 
-    def record_failures(self, batch: Batch) -> None:
-        for it in batch.failed:
+    def record_failures(self, batch: Batch, error: str | None = None) -> None:
+        """The batch's undecodable items (each step's first act), or with
+        `error` its decoded items, when explaining them failed."""
+        for it in batch.ok if error else batch.failed:
             item = self.work[it["index"]].item
-            self.writer.submit({"input": item.path, "key": item.key, "status": "error", "error": it["error"]})
+            self.writer.submit({"input": item.path, "key": item.key, "status": "error",
+                                "error": error or it["error"]})
 
     def base_record(self, work: _Work, it: dict) -> dict[str, Any]:
         return {"input": work.item.path, "key": work.item.key, "status": "ok", "size": list(it["size"]),

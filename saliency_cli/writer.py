@@ -7,13 +7,18 @@
 - `OUT/manifest.jsonl` gets one JSON line per processed image, written with a
   single append once all of that image's files are in place, in input order.
   It is append-only across runs: the last record of an input is the current one.
+- A shard of a sharded run (`--shard K/N`, torchrun) appends to its own part,
+  `manifest.shard-K-of-N.jsonl`; `merge_manifests` folds the parts into
+  `manifest.jsonl` (the last shard to finish does it, or `saliency merge`).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections import deque
@@ -28,6 +33,8 @@ from PIL import Image
 log = logging.getLogger("saliency")
 
 MANIFEST = "manifest.jsonl"
+PART = "manifest.shard-{k}-of-{n}.jsonl"
+_PART_RE = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
 TMP_DIR = ".tmp"
 # zlib level 1: heatmap overlays of photos hardly compress better at higher
 # levels, and level 6 (PIL's default) costs several times the CPU time.
@@ -45,18 +52,19 @@ def output_files(key: str, method: str, *, png: bool, npy: bool) -> dict[str, st
 
 
 class Writer:
-    def __init__(self, out_dir: Path, *, threads: int | None = None,
+    def __init__(self, out_dir: Path, *, threads: int | None = None, manifest: str = MANIFEST,
                  on_record: Callable[[dict[str, Any]], None] | None = None):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out / TMP_DIR
-        shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
-        self.tmp.mkdir()
+        # each process its own temporary folder: shards share OUT; a killed run's leftovers go
+        self.tmp = self.out / TMP_DIR / manifest.removesuffix(".jsonl")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
         threads = threads or min(8, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="saliency-writer")
         self.max_pending = 4 * threads + 16  # bounds memory held by queued maps
         self.pending: deque[Future] = deque()
-        self.manifest_path = self.out / MANIFEST
+        self.manifest_path = self.out / manifest
         self.on_record = on_record
         self.counts = {"ok": 0, "error": 0}
 
@@ -126,24 +134,79 @@ class Writer:
             if not future.cancelled():
                 self._append(future.result())
         shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self.tmp.parent.rmdir()  # OUT/.tmp, once no shard uses it
+        except OSError:
+            pass
 
 
-def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The last record per output key; unreadable lines (a run killed in
+def manifest_files(out_dir: Path) -> list[Path]:
+    """manifest.jsonl first, then the shard parts (in shard order)."""
+    out_dir = Path(out_dir)
+    parts = sorted((Path(p) for p in glob.glob(str(out_dir / "manifest.shard-*-of-*.jsonl"))),
+                   key=lambda p: tuple(int(g) for g in _PART_RE.search(p.name).groups()[::-1]))
+    main = out_dir / MANIFEST
+    return ([main] if main.exists() else []) + parts
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of one manifest file; unreadable lines (a run killed in
     mid-write on a filesystem without atomic appends) are skipped."""
-    records: dict[str, dict[str, Any]] = {}
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        return records
-    with path.open("rb") as fh:
+    records = []
+    with Path(path).open("rb") as fh:
         for line in fh:
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("key"), str):
-                records[record["key"]] = record
+                records.append(record)
     return records
+
+
+def read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last record per output key, over manifest.jsonl and shard parts."""
+    return {r["key"]: r for path in manifest_files(out_dir) for r in read_records(path)}
+
+
+def merge_manifests(out_dir: Path) -> int:
+    """Fold shard parts into manifest.jsonl, keeping the last record per key
+    (in key order), written atomically; the parts are removed. Returns the
+    number of records."""
+    out_dir = Path(out_dir)
+    sources = manifest_files(out_dir)
+    records = read_manifest(out_dir)
+    tmp = out_dir / f".{MANIFEST}.{uuid.uuid4().hex}"
+    with tmp.open("w", encoding="utf-8") as fh:
+        for key in sorted(records):
+            fh.write(json.dumps(records[key], ensure_ascii=False) + "\n")
+    os.replace(tmp, out_dir / MANIFEST)
+    for path in sources:
+        if path.name != MANIFEST:
+            path.unlink(missing_ok=True)
+    return len(records)
+
+
+def finish_shard(out_dir: Path, k: int, n: int) -> bool:
+    """Mark shard k of n done; the shard that finds all n done merges.
+    Returns True if this call merged."""
+    out_dir = Path(out_dir)
+    (out_dir / f"manifest.shard-{k}-of-{n}.done").touch()
+    if not all((out_dir / f"manifest.shard-{i}-of-{n}.done").exists() for i in range(n)):
+        return False
+    lock = out_dir / "manifest.merge.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:  # another shard is merging
+        return False
+    try:
+        os.close(fd)
+        merge_manifests(out_dir)
+        for i in range(n):
+            (out_dir / f"manifest.shard-{i}-of-{n}.done").unlink(missing_ok=True)
+    finally:
+        lock.unlink(missing_ok=True)
+    return True
 
 
 def recorded_files(entry: Any) -> list[str]:
