@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= outputs/demo
 
-.PHONY: install install-test demo test lint bench clean
+.PHONY: install install-test browser demo docs test lint bench clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -21,10 +21,26 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: install
-	$(BIN)/saliency explain sample_images -o $(OUT)
+# The report's test opens it in a real browser: Debian's chromium (or set SALIENCY_CHROMIUM).
+browser:
+	@if [ -z "$$SALIENCY_CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Chromium (apt-get) for the HTML report's browser test"; \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "no apt-get here: install Chromium and set SALIENCY_CHROMIUM=/path/to/chromium" >&2; exit 1; fi; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
 
-test: install-test
+demo: install
+	$(BIN)/saliency explain sample_images -o $(OUT) -m all --grid --report
+	$(BIN)/python scripts/readme_figure.py $(OUT) $(OUT)/demo-grid.jpg
+	@echo "open $(OUT)/report.html, or look at $(OUT)/demo-grid.jpg"
+
+# refresh the README's figure from the demo's output
+docs: demo
+	mkdir -p docs && cp $(OUT)/demo-grid.jpg docs/demo-grid.jpg
+
+test: install-test browser
 	$(BIN)/python -m pytest
 
 lint: install-test

@@ -118,6 +118,7 @@ def _config(config: Path | None, sets: list[str] | None) -> Config:
     epilog="[bold]Examples[/bold]\n\n"
     "  saliency explain sample_images -o out\n\n"
     "  saliency explain photos/ -m grad-cam -m smoothgrad -o out --batch-size 16\n\n"
+    "  saliency explain photos/ -m all --grid --report -o out\n\n"
     "  saliency explain cat.jpg -m smoothgrad --set methods.smoothgrad.base=guided-backprop\n\n"
     "  saliency explain photos/ -c configs/resnet50.yaml --target 'tabby' -o out\n\n"
     "  find data -name '*.jpg' | saliency explain - -o out --quiet --jsonl > records.jsonl\n\n"
@@ -132,8 +133,8 @@ def explain(
                                                "sorted) or - to read paths from stdin.", show_default=False)],
     config: ConfigOpt = None,
     method: Annotated[Optional[list[str]], typer.Option(
-        "--method", "-m", help="Method to run (repeatable). Default: the config's `run` list. "
-        "See `saliency methods`.", show_default=False)] = None,
+        "--method", "-m", help="Method to run (repeatable; `all` for every method of the task). "
+        "Default: the config's `run` list. See `saliency methods`.", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("saliency-out"),
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch "
                           "(config runtime.batch_size, default 8).", show_default=False, min=1)] = None,
@@ -150,6 +151,15 @@ def explain(
                      "stderr; no progress bar.")] = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print each manifest record to stdout as "
                      "it is written (nothing else goes to stdout).")] = False,
+    grid: Annotated[bool, typer.Option("--grid", help="Also write OUT/<image>/grid.png: the photo "
+                    "and every method side by side, labelled.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write OUT/report.html, a static "
+                      "page of every image and method (paged, lazy-loading).")] = False,
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="PNGs show the bare heatmap, "
+                          "not blended over the photo.")] = False,
+    colormap: Annotated[Optional[str], typer.Option("--colormap", help="jet (default), viridis, "
+                        "inferno or gray; signed maps always use blue-white-red.",
+                        show_default=False)] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first input that "
                          "fails (exit code 1) instead of recording it and going on.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Process only "
@@ -161,7 +171,11 @@ def explain(
 ) -> None:
     """Explain images: write heatmap PNGs, raw .npy maps and a manifest."""
     _setup_logging(quiet, debug)
-    cfg = _config(config, set_)
+    flags = [f"output.grid={str(grid).lower()}"] if grid else []
+    flags += ["output.report=true"] if report else []
+    flags += ["output.overlay=false"] if no_overlay else []
+    flags += [f"output.colormap={colormap}"] if colormap else []
+    cfg = _config(config, [*(set_ or []), *flags])  # validated like the config file
     runtime = cfg.runtime
     if batch_size is not None:
         runtime.batch_size = batch_size
@@ -243,6 +257,24 @@ def merge_cmd(
     parts = [p for p in manifest_files(out) if p.name != "manifest.jsonl"]
     count = merge_manifests(out)
     log.info("merged %d part(s): %d record(s) in %s", len(parts), count, out / "manifest.jsonl")
+
+
+@app.command("report", epilog="[bold]Example[/bold]\n\n  saliency report out/ && xdg-open out/report.html")
+@_handle_errors
+def report_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder of one or more runs.", show_default=False)],
+    debug: DebugOpt = False,
+) -> None:
+    """(Re)write OUT/report.html from the manifest: one row per image, one
+    column per method, the predictions or detections, failed inputs."""
+    _setup_logging(False, debug)
+    from .report import write_report
+    from .writer import manifest_files
+
+    if not manifest_files(out):
+        raise SaliencyError(f"no manifest in {str(out)!r}: run `saliency explain ... -o {out}` first")
+    pages = write_report(out)
+    log.info("report: %s%s", pages[0], f" ({len(pages)} pages)" if len(pages) > 1 else "")
 
 
 @app.command("config")

@@ -89,11 +89,20 @@ class OutputConfig:
     npy: bool = True  # raw float32 map at model-input resolution
     overlay: bool = True  # blend the heatmap over the photo (false: bare heatmap)
     alpha: float = 0.5  # heatmap opacity in the overlay
-    colormap: str = "jet"
+    colormap: Literal["jet", "viridis", "inferno", "gray"] = "jet"  # signed maps: blue-white-red
+    # display scale: the map's value at this percentile is the top colour; null:
+    # 99 for pixel-space methods (as the SmoothGrad paper shows them), 100 otherwise
+    clip_percentile: float | None = None
+    grid: bool = False  # OUT/<image>/grid.png: the photo and every method side by side
+    report: bool = False  # OUT/report.html: every image and method, browsable
 
     def check(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise SaliencyError("output.alpha must be between 0 and 1")
+        if self.clip_percentile is not None and not 50 <= self.clip_percentile <= 100:
+            raise SaliencyError("output.clip_percentile must be between 50 and 100")
+        if self.grid and not self.png:
+            raise SaliencyError("output.grid needs output.png")
         if not (self.png or self.npy):
             raise SaliencyError("output: at least one of png and npy must be true")
 

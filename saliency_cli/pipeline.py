@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ from .detection import as_detector, num_classes
 from .errors import SaliencyError, Terminated, did_you_mean
 from .methods import registry
 from .models import load_model
-from .render import draw_detection, render_heatmap
+from .render import compose_grid, draw_detection, render_heatmap
 from .targets import label_of, load_labels, parse_target, top_k
 from .writer import (
     MANIFEST,
@@ -130,6 +131,8 @@ def run(
     start = time.perf_counter()
     shard = resolve_shard(shard)
     names = list(dict.fromkeys(methods or cfg.run))
+    if "all" in names:  # every method of the config's task, in registry order
+        names = list(dict.fromkeys(n for m in names for n in (registry.names(cfg.task) if m == "all" else [m])))
     for name in names:
         cfg.check_method(name)
     params = {name: cfg.method_params(name) for name in names}  # validates before any work
@@ -153,6 +156,8 @@ def run(
                  summary.skipped, summary.found, out_dir)
     if not work:
         _finish(summary, out_dir, shard)
+        if cfg.output.report and (shard is None or summary.merged):
+            _report(out_dir)
         return summary
 
     device = resolve_device(cfg.runtime.device)
@@ -164,7 +169,7 @@ def run(
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(names), device)
 
     dataset = ImageDataset([w.item for w in work], cfg.preprocess, detection=detection,
-                           keep_original=cfg.output.png and cfg.output.overlay)
+                           keep_original=cfg.output.png and (cfg.output.overlay or cfg.output.grid))
     loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
                          workers=cfg.runtime.workers, pin_memory=device.type == "cuda")
     manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
@@ -204,6 +209,8 @@ def run(
     summary.seconds = time.perf_counter() - start
     if not summary.interrupted and not summary.stopped_early:
         _finish(summary, out_dir, shard)
+    if cfg.output.report and (shard is None or summary.merged):
+        _report(out_dir)
     return summary
 
 
@@ -212,6 +219,13 @@ def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None) -
         summary.merged = finish_shard(out_dir, *shard)
         if summary.merged:
             log.info("all %d shards done: merged their manifests into %s", shard[1], out_dir / MANIFEST)
+
+
+def _report(out_dir: Path) -> None:
+    from .report import write_report
+
+    pages = write_report(out_dir)
+    log.info("report: %s%s", pages[0], f" ({len(pages)} pages)" if len(pages) > 1 else "")
 
 
 def _check_layers(model: Any, params: dict[str, Any]) -> None:
@@ -256,6 +270,8 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
         expected = {n: _expected_files(item.key, n, cfg) for n in names}
         record = previous.get(item.key)
         done = finished_methods(out_dir, record, expected)
+        if cfg.output.grid and not (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
+            done = set()  # the grid shows every method: recompute them together
         todo = [n for n in names if n not in done]
         if todo:
             # outputs of other methods from earlier runs stay part of the image's record
@@ -264,6 +280,20 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
                     and all((out_dir / rel).is_file() for rel in recorded_files(f))}
             work.append(_Work(item, todo, kept))
     return work
+
+
+def _class_caption(record: dict[str, Any], rel: str | None) -> str:
+    """Grid subtitle: the photo's top-1, or the class a map explains."""
+    if rel is None:
+        top = record["predictions"][0]
+        return f"top-1: {top['label']} {top['prob']:.2f}"
+    return f"{record['target']['label']} {record['target']['prob']:.2f}"
+
+
+def _detection_caption(record: dict[str, Any], rel: str | None) -> str:
+    if rel is None:
+        return f"{len(record['detections'])} detection(s) explained"
+    return next((f"{d['label']} {d['score']:.2f}" for d in record["detections"] if d.get("png") == rel), "")
 
 
 class _Step:
@@ -286,11 +316,34 @@ class _Step:
         return {"input": work.item.path, "key": work.item.key, "status": "ok", "size": list(it["size"]),
                 "outputs": dict(work.previous)}
 
-    def render(self, values: np.ndarray, it: dict, style: str, percentile: float):
+    def render(self, values: np.ndarray, it: dict, style: str, percentile: float, weighted: bool = False):
         out = self.cfg.output
         original = it["original"].numpy() if it["original"] is not None and out.overlay else None
+        percentile = out.clip_percentile or percentile
         return render_heatmap(values, style=style, colormap=out.colormap, size=tuple(it["size"]),
-                              box=it["box"], original=original, alpha=out.alpha, percentile=percentile)
+                              box=it["box"], original=original, alpha=out.alpha, percentile=percentile,
+                              weighted=weighted)
+
+    def grid_job(self, record: dict, it: dict, panels: dict[str, Any], caption: Callable) -> Callable:
+        """The job writing OUT/<key>/grid.png from the panels the image's PNG
+        jobs rendered before it (outputs of earlier runs are read back)."""
+        record["grid"] = f"{record['key']}/grid.png"
+
+        def job() -> None:
+            photo = Image.fromarray(it["original"].numpy())
+            cells = [(photo, Path(record["input"]).name, caption(None))]
+            for name, files in record["outputs"].items():
+                for rel in files["png"] if isinstance(files.get("png"), list) else [files.get("png")]:
+                    if rel is None:
+                        continue
+                    image = panels.get(rel)
+                    if image is None:
+                        with Image.open(self.writer.out / rel) as stored:
+                            image = stored.convert("RGB")
+                    cells.append((image, name, caption(rel)))
+            self.writer.save_png(record["grid"], compose_grid(cells))
+
+        return job
 
 
 class _ClassifyStep(_Step):
@@ -327,21 +380,25 @@ class _ClassifyStep(_Step):
             record["target"] = {"class": target_c[i], "label": label_of(self.labels, target_c[i]),
                                 "prob": round(target_p[i], 6)}
             record["seconds"] = {"decode": round(it["decode_seconds"], 5), **{n: seconds[n] for n in work.methods}}
-            jobs = []
+            jobs, panels = [], {}
             for name in work.methods:
                 files = output_files(work.item.key, name, png=self.cfg.output.png, npy=self.cfg.output.npy)
                 record["outputs"][name] = files
                 if "npy" in files:
                     jobs.append(partial(self.writer.save_npy, files["npy"], host[name][i]))
                 if "png" in files:
-                    jobs.append(partial(self._png, name, files["png"], host[name][i], it))
+                    jobs.append(partial(self._png, name, files["png"], host[name][i], it, panels))
+            if self.cfg.output.grid:
+                jobs.append(self.grid_job(record, it, panels, partial(_class_caption, record)))
             self.writer.submit(record, jobs)
 
-    def _png(self, name: str, rel: str, values: np.ndarray, it: dict) -> None:
+    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, panels: dict) -> None:
         if values.ndim == 3:  # reduce: none keeps channels; show the max-abs view
             values = np.abs(values).max(axis=0)
-        style, percentile = registry.get(name).display(self.params[name])
-        self.writer.save_png(rel, self.render(values, it, style, percentile))
+        method = registry.get(name)
+        style, percentile = method.display(self.params[name])
+        panels[rel] = image = self.render(values, it, style, percentile, weighted=method.pixel_space)
+        self.writer.save_png(rel, image)
 
 
 class _DetectStep(_Step):
@@ -357,16 +414,18 @@ class _DetectStep(_Step):
             image = image.to(self.device, non_blocking=True).float() / 255.0
             record = self.base_record(work, it)
             record["seconds"] = {"decode": round(it["decode_seconds"], 5)}
-            jobs = []
+            jobs, panels = [], {}
             for name in work.methods:
                 t0 = time.perf_counter()
                 explained = registry.get(name).compute(self.detector, image, self.target, self.params[name],
                                                        self.progress)
                 record["seconds"][name] = round(time.perf_counter() - t0, 5)
-                jobs += self._outputs(name, explained, image.shape[-2:], it, work, record)
+                jobs += self._outputs(name, explained, image.shape[-2:], it, work, record, panels)
+            if self.cfg.output.grid:
+                jobs.append(self.grid_job(record, it, panels, partial(_detection_caption, record)))
             self.writer.submit(record, jobs)
 
-    def _outputs(self, name, explained, input_size, it, work, record) -> list:
+    def _outputs(self, name, explained, input_size, it, work, record, panels) -> list:
         dets = explained.detections.to(torch.device("cpu"))
         maps = explained.maps.float().cpu().numpy()
         width, height = it["size"]
@@ -388,13 +447,15 @@ class _DetectStep(_Step):
                 entry["png"] = f"{key}/{name}-{k}.png"
                 pngs.append(entry["png"])
                 text = f"{label} {float(dets.scores[k]):.2f}"
-                jobs.append(partial(self._png, name, entry["png"], maps[k], it, box, text))
+                jobs.append(partial(self._png, name, entry["png"], maps[k], it, box, text, panels))
             record["detections"].append(entry)
         if out.png:
             files["png"] = pngs
         record["outputs"][name] = files
         return jobs
 
-    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, box: list[float], text: str) -> None:
+    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, box: list[float], text: str,
+             panels: dict) -> None:
         image = draw_detection(self.render(values, it, registry.get(name).style, 100.0), box, text)
+        panels[rel] = image
         self.writer.save_png(rel, image)

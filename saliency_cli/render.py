@@ -1,5 +1,6 @@
 """Heatmap PNGs: display scaling, colormaps as 256-entry lookup tables (no
-matplotlib at run time), and the overlay on the original photo.
+matplotlib at run time), the overlay on the original photo, detection boxes
+and the side-by-side grid of a photo's maps.
 
 The raw map is never modified; scaling happens on a copy, for display only.
 """
@@ -10,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .colormap_data import TABLES
 
 Style = Literal["positive", "signed", "minmax"]
 
@@ -30,10 +33,15 @@ def _bwr() -> np.ndarray:
     return np.stack([np.minimum(1, 2 * v), 1 - np.abs(2 * v - 1), np.minimum(1, 2 * (1 - v))], axis=1)
 
 
+def _from_hex(text: str) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(text), dtype=np.uint8).reshape(256, 3)
+
+
 COLORMAPS: dict[str, np.ndarray] = {
     name: np.round(fn() * 255).astype(np.uint8) for name, fn in (("jet", _jet), ("gray", _gray), ("bwr", _bwr))
 }
-DIVERGING = "bwr"
+COLORMAPS.update({name: _from_hex(text) for name, text in TABLES.items()})
+DIVERGING = "bwr"  # used automatically for signed maps
 
 
 def to_unit(values: np.ndarray, style: Style, percentile: float = 99.0) -> np.ndarray:
@@ -77,9 +85,15 @@ def render_heatmap(
     original: np.ndarray | None = None,
     alpha: float = 0.5,
     percentile: float = 99.0,
+    weighted: bool = False,
 ) -> Image.Image:
     """The map at the photo's original `size` (w, h), placed on the `box` of
-    the photo that the model saw, over the photo when `original` is given."""
+    the photo that the model saw, over the photo when `original` is given.
+
+    `weighted` (sparse pixel-space maps): the photo is dimmed by `alpha` and
+    each pixel takes the heatmap colour in proportion to its value, so the
+    salient pixels stand out on a readable photo. Otherwise (CAM-style maps)
+    the heatmap is blended with opacity `alpha` everywhere."""
     width, height = size
     left, top = max(0, int(round(box[0]))), max(0, int(round(box[1])))
     right, bottom = min(width, int(round(box[2]))), min(height, int(round(box[3])))
@@ -89,11 +103,15 @@ def render_heatmap(
     if original is None:
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
         canvas[top:bottom, left:right] = heat
+        return Image.fromarray(canvas, "RGB")
+    canvas = np.array(original, dtype=np.uint8, copy=True)
+    region = canvas[top:bottom, left:right].astype(np.float32)
+    if weighted:
+        strength = (np.abs(2 * unit - 1) if style == "signed" else unit)[..., None]
+        blended = region * (1 - alpha) * (1 - strength) + heat * strength
     else:
-        canvas = np.array(original, dtype=np.uint8, copy=True)
-        a = int(round(alpha * 256))
-        region = canvas[top:bottom, left:right].astype(np.uint16)
-        canvas[top:bottom, left:right] = ((region * (256 - a) + heat.astype(np.uint16) * a) >> 8).astype(np.uint8)
+        blended = region * (1 - alpha) + heat * alpha
+    canvas[top:bottom, left:right] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(canvas, "RGB")
 
 
@@ -111,3 +129,30 @@ def draw_detection(image: Image.Image, box: tuple[float, float, float, float], t
     draw.rectangle((left, y_text, right + 2 * width, y_text + shift), fill=(0, 0, 0))
     draw.text((x0 + width, y_text + width / 2), text, fill=(255, 255, 255), font=font)
     return image
+
+
+def compose_grid(panels: list[tuple[Image.Image, str, str]], height: int = 256) -> Image.Image:
+    """Panels (image, title, subtitle) side by side at one height, each
+    captioned above, like the comparison figures of the papers."""
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=13)
+    caption, gap = 40, 6
+    scaled = [img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR)
+              for img, _, _ in panels]
+    width = sum(img.width for img in scaled) + gap * (len(scaled) + 1)
+    grid = Image.new("RGB", (width, height + caption + 2 * gap), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    x = gap
+    for img, (_, title, subtitle) in zip(scaled, panels):
+        draw.text((x, gap), _fit(draw, title, font, img.width), fill=(0, 0, 0), font=font)
+        draw.text((x, gap + 20), _fit(draw, subtitle, small, img.width), fill=(90, 90, 90), font=small)
+        grid.paste(img, (x, caption + gap))
+        x += img.width + gap
+    return grid
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """Shorten `text` with an ellipsis until it fits `width` pixels."""
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
