@@ -47,8 +47,13 @@ lint: install-test
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check saliency_cli tests benchmarks
 
-bench: install-test
-	$(BIN)/python benchmarks/chunk_size.py
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+# every method against its floor and the peers; see BENCHMARKS.md
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf outputs saliency-out .pytest_cache

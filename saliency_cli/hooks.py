@@ -93,11 +93,14 @@ class _Rectifier(torch.autograd.Function):
         if rule == "deconvnet":
             return grad_out.clamp(min=0), None, None, None
         (y,) = ctx.saved_tensors
-        gate = y > 0
-        if ctx.upper is not None:
-            gate &= y < ctx.upper
-        signal = grad_out.clamp(min=0) if rule == "guided" else grad_out
-        return signal * gate, None, None, None
+        # the gate with the fused kernels PyTorch's own ReLU / hardtanh backward use
+        if ctx.upper is None:
+            grad_in = torch.ops.aten.threshold_backward(grad_out, y, 0)  # dy where y > 0
+        else:
+            grad_in = torch.ops.aten.hardtanh_backward(grad_out, y, 0.0, ctx.upper)  # dy where 0 < y < upper
+        if rule == "guided":
+            grad_in.clamp_(min=0)
+        return grad_in, None, None, None
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:

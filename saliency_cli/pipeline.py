@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -204,7 +207,10 @@ def run(
         log.warning("interrupted: finishing the images already computed, then stopping")
     finally:
         bar.close()
-        writer.close()
+        with _signals_deferred() as caught:  # a signal now must not cut the last records short
+            writer.close()
+        if caught:
+            summary.interrupted = summary.interrupted or (143 if caught[0] == signal.SIGTERM else 130)
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]
     summary.seconds = time.perf_counter() - start
     if not summary.interrupted and not summary.stopped_early:
@@ -212,6 +218,23 @@ def run(
     if cfg.output.report and (shard is None or summary.merged):
         _report(out_dir)
     return summary
+
+
+@contextmanager
+def _signals_deferred():
+    """Record SIGINT / SIGTERM instead of raising, for the duration of the
+    final flush (only possible in the main thread; elsewhere a no-op)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None) -> None:

@@ -105,13 +105,16 @@ def render_heatmap(
         canvas[top:bottom, left:right] = heat
         return Image.fromarray(canvas, "RGB")
     canvas = np.array(original, dtype=np.uint8, copy=True)
-    region = canvas[top:bottom, left:right].astype(np.float32)
+    blended = canvas[top:bottom, left:right].astype(np.float32)  # in-place float math: few temporaries
     if weighted:
         strength = (np.abs(2 * unit - 1) if style == "signed" else unit)[..., None]
-        blended = region * (1 - alpha) * (1 - strength) + heat * strength
+        blended *= (1 - alpha) * (1 - strength)
+        blended += heat * strength
     else:
-        blended = region * (1 - alpha) + heat * alpha
-    canvas[top:bottom, left:right] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        blended *= 1 - alpha
+        blended += heat * np.float32(alpha)
+    blended += 0.5
+    canvas[top:bottom, left:right] = np.clip(blended, 0, 255, out=blended).astype(np.uint8)
     return Image.fromarray(canvas, "RGB")
 
 

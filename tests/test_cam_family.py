@@ -199,3 +199,19 @@ def test_torchvision_families(name):
     if name not in CAM_HEAD:
         with pytest.raises(SaliencyError, match="(?i)use grad-cam"):
             sal.attribute(model, x, "cam")
+
+
+def test_cam_plans_later_calls_and_replans_when_the_model_changes():
+    from saliency_cli.methods.cam import _PLANS
+
+    model = seeded(TinyCNN(classes=5, width=8), 4).eval()
+    x = torch.randn(2, 3, 12, 12)
+    first = sal.attribute(model, x, "cam", upsample=False)
+    plan = _PLANS[model]
+    assert plan.module is model.relu2 and plan.calls == 1  # A is relu2's output: only it is hooked later
+    torch.testing.assert_close(sal.attribute(model, x, "cam", upsample=False), first)
+    model.fc = nn.Linear(8, 5)  # a new head: the plan no longer explains the logits
+    t = model(x).argmax(1)
+    want = torch.einsum("bk,bkhw->bhw", model.fc.weight[t].detach(), features_of(model, x).detach())
+    torch.testing.assert_close(sal.attribute(model, x, "cam", upsample=False), want)
+    assert _PLANS[model].weight is model.fc.weight

@@ -184,7 +184,7 @@ def assert_outputs_intact(out: Path) -> None:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
-    many_images(tmp_path / "in", 40)
+    many_images(tmp_path / "in", 48)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "saliency_cli", "explain", str(tmp_path / "in"), "-o", str(out),
            "-m", "gradient", "-m", "smoothgrad", "--set", "methods.smoothgrad.n=3", "--batch-size", "4"]
@@ -197,16 +197,16 @@ def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == code, stderr
     done = len(records(out))
-    assert 0 < done < 40, "the signal should land mid-run"
+    assert 0 < done < 48, "the signal should land mid-run"
     if sig != signal.SIGKILL:
         assert "interrupted after" in stderr and "Traceback" not in stderr
         assert not (out / ".tmp").exists()
     assert_outputs_intact(out)
     again = saliency(*cmd[3:])
     assert again.returncode == 0, again.stderr
-    assert f"{done} of 40 image(s) already done" in again.stderr
+    assert f"{done} of 48 image(s) already done" in again.stderr
     latest = {r["key"]: r for r in records(out)}
-    assert len(latest) == 40 and all(r["status"] == "ok" for r in latest.values())
+    assert len(latest) == 48 and all(r["status"] == "ok" for r in latest.values())
     assert_outputs_intact(out)
 
 
@@ -268,3 +268,21 @@ def test_merge_command_folds_parts(tmp_path):
 def test_quiet_runs_print_nothing(tmp_path):
     proc = saliency("explain", str(SAMPLES / "rocket.jpg"), "-m", "gradient", "-o", str(tmp_path), "-q")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+def test_a_signal_during_the_final_flush_loses_no_record(tmp_path, monkeypatch):
+    """Ctrl-C while the writer finishes the last images: their records still land."""
+    from saliency_cli.config import load_config
+    from saliency_cli.pipeline import run
+    from saliency_cli.writer import Writer
+
+    close = Writer.close
+
+    def close_then_interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the flush
+        return close(self, *args, **kwargs)
+
+    monkeypatch.setattr(Writer, "close", close_then_interrupted)
+    summary = run(load_config(None), [str(SAMPLES)], tmp_path, methods=["gradient"])
+    assert summary.interrupted == 130 and summary.ok == 4
+    assert len(records(tmp_path)) == 4 and not (tmp_path / ".tmp").exists()

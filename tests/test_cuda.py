@@ -1,0 +1,50 @@
+"""The same contracts on a CUDA device (marked `cuda`: run where one exists)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saliency_cli as sal
+from saliency_cli.methods import registry
+
+from .conftest import SAMPLES
+from .helpers import TinyCNN, seeded
+from .test_cli import records, saliency
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.mark.parametrize("name", registry.names("classification"))
+def test_methods_match_the_cpu(name):
+    model = seeded(TinyCNN(), 0).eval()
+    x = torch.randn(3, 3, 16, 16)
+    extra = {"n": 4, "noise_level": 0.0} if name == "smoothgrad" else {}
+    on_cpu = sal.attribute(model, x, name, **extra)
+    on_gpu = sal.attribute(model.cuda(), x.cuda(), name, **extra)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-5)
+
+
+def test_smoothgrad_sizes_its_chunks_from_free_memory():
+    model = seeded(TinyCNN(), 0).eval().cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    auto = sal.attribute(model, x, "smoothgrad", n=40)
+    fixed = sal.attribute(model, x, "smoothgrad", n=40, noise_batch=7)
+    torch.testing.assert_close(auto, fixed, rtol=1e-4, atol=1e-6)
+
+
+def test_d_rise_masks_on_the_device():
+    from .test_d_rise import RegionDetector
+
+    image = torch.ones(3, 64, 80, device="cuda")
+    (explained,) = sal.explain_detections(RegionDetector(), image, num_masks=64, score_threshold=0.1)
+    assert explained.maps.device.type == "cuda"
+
+
+def test_explain_on_cuda(tmp_path):
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(tmp_path), "--device", "cuda",
+                    "-m", "gradient", "-m", "grad-cam", "-m", "smoothgrad", "--set", "methods.smoothgrad.n=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "on cuda" in proc.stderr
+    assert records(tmp_path)[0]["predictions"][0]["label"] == "Egyptian cat"
