@@ -188,7 +188,10 @@ def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "saliency_cli", "explain", str(tmp_path / "in"), "-o", str(out),
            "-m", "gradient", "-m", "smoothgrad", "--set", "methods.smoothgrad.n=3", "--batch-size", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a test runner started in the background (`pytest &`)
+    # hands its children SIGINT ignored, and a CLI rightly keeps it that way
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 300
     while not (manifest.exists() and manifest.stat().st_size > 0) and time.time() < deadline:
