@@ -160,6 +160,9 @@ def explain(
     colormap: Annotated[Optional[str], typer.Option("--colormap", help="jet (default), viridis, "
                         "inferno or gray; signed maps always use blue-white-red.",
                         show_default=False)] = None,
+    amp: Annotated[bool, typer.Option("--amp", help="Autocast classifiers to bfloat16: faster where "
+                   "the hardware has bfloat16 units; CAM maps barely change, raw gradients do "
+                   "(see README).")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first input that "
                          "fails (exit code 1) instead of recording it and going on.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Process only "
@@ -175,6 +178,7 @@ def explain(
     flags += ["output.report=true"] if report else []
     flags += ["output.overlay=false"] if no_overlay else []
     flags += [f"output.colormap={colormap}"] if colormap else []
+    flags += ["runtime.amp=true"] if amp else []
     cfg = _config(config, [*(set_ or []), *flags])  # validated like the config file
     runtime = cfg.runtime
     if batch_size is not None:

@@ -115,6 +115,12 @@ class RuntimeConfig:
     seed: int = 0
     target: int | str = "predicted"  # predicted | class index | class name
     top_k: int = 5
+    # classifiers: weights and inputs in channels-last memory order (faster or
+    # equal on every convnet benchmarked; the maps agree to float rounding)
+    channels_last: bool = True
+    # classifiers: autocast to bfloat16 (float16 where a GPU lacks it); 0.45-0.93x
+    # the time on a CPU with bfloat16 units, and the maps change (README)
+    amp: bool = False
 
     def check(self) -> None:
         if self.batch_size < 1:

@@ -108,14 +108,26 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def prepare_model(model: Any, device: torch.device) -> Any:
-    """The CLI owns this model: eval mode and frozen weights once, for good."""
+def prepare_model(model: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """The CLI owns this model: eval mode and frozen weights once, for good;
+    channels-last weights when asked (benchmarks: faster or equal on every
+    convnet measured)."""
     if not isinstance(model, nn.Module):
         return model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def amp_context(device: torch.device, enabled: bool):
+    """--amp: autocast to bfloat16 (float16 on GPUs without bfloat16). It
+    changes maps slightly: see benchmarks/amp_fidelity.py and the README."""
+    dtype = torch.bfloat16
+    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
 def run(
@@ -165,7 +177,7 @@ def run(
 
     device = resolve_device(cfg.runtime.device)
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
-    model = prepare_model(load_model(cfg.model), device)
+    model = prepare_model(load_model(cfg.model), device, cfg.runtime.channels_last and not detection)
     _check_layers(model, params)
     labels = load_labels(cfg.labels, num_classes=_num_classes(model, cfg, device))
     target = parse_target(cfg.runtime.target, labels)
@@ -377,12 +389,15 @@ class _ClassifyStep(_Step):
         works = [self.work[it["index"]] for it in batch.ok]
         names = list(dict.fromkeys(n for w in works for n in w.methods))
         x = normalize(batch.inputs.to(self.device, non_blocking=True), self.cfg.preprocess)
+        if self.cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         size = x.shape[0]
         targets = None if self.target is None else torch.full((size,), self.target, device=self.device)
         maps, seconds, logits = {}, {}, None
         for name in names:
             t0 = time.perf_counter()
-            result = registry.get(name).run(self.model, x, targets, self.params[name])
+            with amp_context(self.device, self.cfg.runtime.amp):
+                result = registry.get(name).run(self.model, x, targets, self.params[name])
             targets = result.targets  # later methods explain the same class
             logits = result.logits if logits is None else logits
             maps[name] = result.maps

@@ -289,3 +289,22 @@ methods:
     saliency_map = np.load(out / record["outputs"]["d-rise"]["npy"])[0]
     half = saliency_map.shape[1] // 2
     assert saliency_map[:, :half].mean() > saliency_map[:, half:].mean()  # the cat's evidence is on the left
+
+
+def test_channels_last_and_amp_keep_the_maps(tmp_path):
+    """channels_last (the default) agrees with the contiguous layout to float
+    rounding; --amp changes Grad-CAM only slightly and keeps the prediction."""
+    photo = str(SAMPLES / "chelsea.png")
+    runs = {"default": [], "contiguous": ["--set", "runtime.channels_last=false"], "amp": ["--amp"]}
+    maps = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        proc = saliency("explain", photo, "-o", str(out), "-m", "gradient", "-m", "grad-cam", "-q", *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert records(out)[0]["predictions"][0]["label"] == "Egyptian cat"
+        maps[name] = {m: np.load(out / "chelsea" / f"{m}.npy") for m in ("gradient", "grad-cam")}
+    for method in ("gradient", "grad-cam"):
+        want = maps["contiguous"][method]
+        np.testing.assert_allclose(maps["default"][method], want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    amp, full = maps["amp"]["grad-cam"].ravel(), maps["contiguous"]["grad-cam"].ravel()
+    assert amp @ full / (np.linalg.norm(amp) * np.linalg.norm(full)) > 0.99
