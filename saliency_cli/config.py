@@ -115,10 +115,10 @@ class RuntimeConfig:
     seed: int = 0
     target: int | str = "predicted"  # predicted | class index | class name
     top_k: int = 5
-    # classifiers: weights and inputs in channels-last memory order (faster or
-    # equal on every convnet benchmarked; the maps agree to float rounding)
+    # classifiers: weights and inputs in channels-last memory order (0.75-0.97x
+    # the time on five convnets, benchmarks/layouts.py; same maps to rounding)
     channels_last: bool = True
-    # classifiers: autocast to bfloat16 (float16 where a GPU lacks it); 0.45-0.93x
+    # classifiers: autocast to bfloat16 (float16 where a GPU lacks it); 0.45-0.68x
     # the time on a CPU with bfloat16 units, and the maps change (README)
     amp: bool = False
 
