@@ -91,9 +91,9 @@ def _check_one(item: Any, index: int) -> Detections:
 
 def is_torchvision_detector(model: Any) -> bool:
     from torchvision.models.detection.fcos import FCOS
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     return isinstance(model, (GeneralizedRCNN, RetinaNet, FCOS, SSD))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from torch import nn
 
 import saliency_cli as sal
 from saliency_cli.errors import SaliencyError
+from saliency_cli.hooks import UnguidedActivationWarning
 from saliency_cli.methods.layers import probe
 
 from .helpers import TinyCNN, seeded
@@ -186,6 +189,8 @@ def test_unknown_and_unsuitable_layers(resnet18):
 FAMILIES = ["resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
             "convnext_tiny", "vgg11"]
 CAM_HEAD = {"resnet18", "densenet121", "efficientnet_b0", "regnet_y_400mf"}
+# guided-grad-cam warns, once per call, about activations it cannot guide
+UNGUIDED = {"mobilenet_v3_small": "Hardswish", "efficientnet_b0": "SiLU", "convnext_tiny": "GELU"}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -194,8 +199,15 @@ def test_torchvision_families(name):
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
     for method in ("grad-cam", "guided-grad-cam") + (("cam",) if name in CAM_HEAD else ()):
-        maps = sal.attribute(model, x, method)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            maps = sal.attribute(model, x, method)
         assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all(), method
+        unguided = [str(w.message) for w in caught if issubclass(w.category, UnguidedActivationWarning)]
+        if method == "guided-grad-cam" and name in UNGUIDED:
+            assert len(unguided) == 1 and UNGUIDED[name] in unguided[0]
+        else:
+            assert unguided == [], method
     if name not in CAM_HEAD:
         with pytest.raises(SaliencyError, match="(?i)use grad-cam"):
             sal.attribute(model, x, "cam")

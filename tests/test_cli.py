@@ -266,17 +266,23 @@ def build():
 """
 
 
-def test_factory_detector_and_target_class(tmp_path):
-    (tmp_path / "toy_detector.py").write_text(FACTORY_DETECTOR)
-    config = tmp_path / "toy.yaml"
+def toy_detector_config(folder: Path, num_masks: int) -> Path:
+    """A detection config whose factory builds the toy detector above."""
+    (folder / "toy_detector.py").write_text(FACTORY_DETECTOR)
+    config = folder / "toy.yaml"
     config.write_text(f"""
 task: detection
-model: {{factory: "{tmp_path / 'toy_detector.py'}:build"}}
+model: {{factory: "{folder / 'toy_detector.py'}:build"}}
 labels: [cat, cup]
 run: [d-rise]
 methods:
-  d-rise: {{num_masks: 64, grid: 4, score_threshold: 0.0}}
+  d-rise: {{num_masks: {num_masks}, grid: 4, score_threshold: 0.0}}
 """)
+    return config
+
+
+def test_factory_detector_and_target_class(tmp_path):
+    config = toy_detector_config(tmp_path, num_masks=64)
     out = tmp_path / "out"
     proc = saliency("explain", str(SAMPLES / "coffee.png"), "-c", str(config), "-o", str(out))
     assert proc.returncode == 0, proc.stderr

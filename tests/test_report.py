@@ -19,7 +19,7 @@ from saliency_cli.render import COLORMAPS
 from saliency_cli.report import write_report
 
 from .conftest import SAMPLES
-from .test_cli import FACTORY_DETECTOR, records, saliency
+from .test_cli import records, saliency, toy_detector_config
 
 
 def chromium() -> str:
@@ -127,8 +127,9 @@ def browse(folder: Path, pages: list[str]) -> dict[str, dict]:
                     return out;
                 }""")
                 page.wait_for_load_state("networkidle")
+                links = page.eval_on_selector_all("a", "els => els.map(e => e.getAttribute('href'))")
                 seen[page_name] = {"images": images, "problems": problems, "text": page.inner_text("body"),
-                                   "links": page.eval_on_selector_all("a", "els => els.map(e => e.getAttribute('href'))")}
+                                   "links": links}
                 page.close()
             browser.close()
     finally:
@@ -151,16 +152,7 @@ def test_report_loads_every_image_without_console_errors(classification_run):
 
 
 def test_detection_report_shows_boxes_and_every_detection(tmp_path):
-    (tmp_path / "toy_detector.py").write_text(FACTORY_DETECTOR)
-    config = tmp_path / "toy.yaml"
-    config.write_text(f"""
-task: detection
-model: {{factory: "{tmp_path / 'toy_detector.py'}:build"}}
-labels: [cat, cup]
-run: [d-rise]
-methods:
-  d-rise: {{num_masks: 16, grid: 4, score_threshold: 0.0}}
-""")
+    config = toy_detector_config(tmp_path, num_masks=16)
     out = tmp_path / "out"
     proc = saliency("explain", str(SAMPLES / "coffee.png"), str(SAMPLES / "rocket.jpg"), "-c", str(config),
                     "-o", str(out), "--report", "--grid")

@@ -20,8 +20,8 @@ trusting it; a failed check falls back to finding the head again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
