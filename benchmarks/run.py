@@ -312,7 +312,8 @@ def end_to_end(args, device) -> dict[str, dict[str, float]]:
 
     The run's fixed costs (model loading, worker start-up) are taken out by
     timing folders of N and 2N photos after a warm-up run:
-    throughput = N / (T(2N) - T(N)).
+    throughput = N / median(T(2N) - T(N)); attribution alone is timed in the
+    same rounds (median).
     """
     from PIL import Image
 
@@ -342,24 +343,31 @@ def end_to_end(args, device) -> dict[str, dict[str, float]]:
         batches = [torch.cat(images[i:i + args.batch]).to(device).contiguous(memory_format=fmt)
                    for i in range(0, n, args.batch)]
         model = prepare(build(args.model), device).to(memory_format=fmt)
+        variants = {"png+npy": [], "npy only": ["output.png=false"]}
         for method in args.e2e_methods:
             sal.attribute(model, batches[0], method, **params(method, args))  # warm-up
-            sync(device)
-            start = time.perf_counter()
-            for x in batches:
-                sal.attribute(model, x, method, **params(method, args)).cpu()
-            sync(device)
-            attribution = n / (time.perf_counter() - start)
-            for outputs, extra in (("png+npy", []), ("npy only", ["output.png=false"])):
-                cfg = load_config(None, overrides + extra)
-                run(cfg, [str(folders[n])], Path(tmp) / f"warm-{method}-{outputs}", methods=[method])
-                elapsed = {}
-                for count, folder in folders.items():
-                    start = time.perf_counter()
-                    run(cfg, [str(folder)], Path(tmp) / f"out-{method}-{outputs}-{count}", methods=[method])
-                    elapsed[count] = time.perf_counter() - start
-                result[f"{method}, {outputs}"] = {"end_to_end": n / (elapsed[2 * n] - elapsed[n]),
-                                                  "attribution": attribution}
+            configs = {name: load_config(None, overrides + extra) for name, extra in variants.items()}
+            for name, cfg in configs.items():
+                run(cfg, [str(folders[n])], Path(tmp) / f"warm-{method}-{name}", methods=[method])
+            attribution_seconds, extra_seconds = [], {name: [] for name in variants}
+            for repeat in range(args.e2e_repeats):  # interleaved, like the per-method table
+                sync(device)
+                start = time.perf_counter()
+                for x in batches:
+                    sal.attribute(model, x, method, **params(method, args)).cpu()
+                sync(device)
+                attribution_seconds.append(time.perf_counter() - start)
+                for name, cfg in configs.items():
+                    elapsed = {}
+                    for count, folder in folders.items():
+                        start = time.perf_counter()
+                        run(cfg, [str(folder)], Path(tmp) / f"out-{method}-{name}-{count}-{repeat}",
+                            methods=[method])
+                        elapsed[count] = time.perf_counter() - start
+                    extra_seconds[name].append(elapsed[2 * n] - elapsed[n])  # T(2N) - T(N)
+            for name in variants:
+                result[f"{method}, {name}"] = {"end_to_end": n / statistics.median(extra_seconds[name]),
+                                               "attribution": n / statistics.median(attribution_seconds)}
     return result
 
 
@@ -386,7 +394,7 @@ def parse(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--methods", nargs="+", default=list(TARGETS))
+    ap.add_argument("--methods", nargs="*", default=list(TARGETS), help="none: only the end-to-end rows")
     ap.add_argument("--smoothgrad-n", type=int, default=16, help="noise samples (the default 50 takes long on CPU)")
     ap.add_argument("--detector", default="fasterrcnn_mobilenet_v3_large_320_fpn")
     ap.add_argument("--detector-size", type=int, default=320)
@@ -395,6 +403,7 @@ def parse(argv=None):
     ap.add_argument("--one-mask-per-call", action="store_true", help="also time D-RISE one mask per call")
     ap.add_argument("--e2e-images", type=int, default=64)
     ap.add_argument("--e2e-methods", nargs="*", default=["gradient", "grad-cam"])
+    ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end timings: median of this many")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     return ap.parse_args(argv)
@@ -412,9 +421,10 @@ def main() -> None:
     with torch.no_grad():
         t = model(x).argmax(1)
     print(f"# {args.model}, batch {args.batch} x {args.size}x{args.size}, {args.device}: {machine(device)}\n")
-    print("| method | ours (s/batch) | floor (s/batch) | ours / floor | target | other passes and peers "
-          "(ratio to ours) | peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    if args.methods:
+        print("| method | ours (s/batch) | floor (s/batch) | ours / floor | target | other passes and peers "
+              "(ratio to ours) | peak MiB |")
+        print("|---|---|---|---|---|---|---|")
     results = {}
     for name in args.methods:
         variants = d_rise_variants(args, device) if name == "d-rise" else \

@@ -111,7 +111,7 @@ class OutputConfig:
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = 8
-    workers: int | None = None  # image-decoding processes; null: chosen from the CPU count
+    workers: int | None = None  # image-decoding processes; null: cores torch leaves idle (CPU), up to 4 (CUDA)
     seed: int = 0
     target: int | str = "predicted"  # predicted | class index | class name
     top_k: int = 5

@@ -252,11 +252,26 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     return Batch(ok, failed, inputs or None)
 
 
+def default_workers(device_type: str) -> int:
+    """Decoding processes when `runtime.workers` is null.
+
+    With a GPU the CPU is free to decode while the model runs: up to 4
+    workers. On the CPU, torch's threads already take the cores and workers
+    would compete with them (on 2 cores, 2 workers made `saliency explain`
+    6-21% slower than decoding in the main process; BENCHMARKS.md), so only
+    cores that torch leaves idle get a worker."""
+    cores = os.cpu_count() or 1
+    if device_type == "cuda":
+        return min(4, cores)
+    return min(4, max(0, cores - torch.get_num_threads()))
+
+
 def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None,
-                pin_memory: bool) -> torch.utils.data.DataLoader:
+                device_type: str) -> torch.utils.data.DataLoader:
     if workers is None:
-        workers = min(4, os.cpu_count() or 1)
+        workers = default_workers(device_type)
     workers = min(workers, len(dataset))
+    pin_memory = device_type == "cuda"
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

@@ -186,7 +186,7 @@ def run(
     dataset = ImageDataset([w.item for w in work], cfg.preprocess, detection=detection,
                            keep_original=cfg.output.png and (cfg.output.overlay or cfg.output.grid))
     loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
-                         workers=cfg.runtime.workers, pin_memory=device.type == "cuda")
+                         workers=cfg.runtime.workers, device_type=device.type)
     manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
     writer = Writer(out_dir, manifest=manifest, on_record=on_record)
     if detection:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from saliency_cli.config import PreprocessConfig
-from saliency_cli.data import ImageDataset, collate, discover, load_image, preprocess
+from saliency_cli.data import ImageDataset, collate, default_workers, discover, load_image, preprocess
 from saliency_cli.errors import InputError, SaliencyError
 
 
@@ -127,3 +127,13 @@ def test_dataset_reports_bad_items_without_raising(tmp_path):
     assert batch.inputs.shape == (1, 3, 16, 16)
     assert batch.ok[0]["original"].shape == (10, 20, 3)
     assert batch.failed[0]["error"] == "empty file"
+
+
+def test_default_workers_leave_torch_its_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_workers("cpu") == 0  # decoding in the main process: measured faster on 2 cores
+    assert default_workers("cuda") == 2  # the model runs on the GPU: the CPU decodes meanwhile
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_workers("cpu") == 4 and default_workers("cuda") == 4

@@ -77,10 +77,12 @@ def bad_folder(root: Path) -> dict[str, str]:
     return expect
 
 
-def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])  # decoding in the main process, and in DataLoader workers
+def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path, workers):
     expect = bad_folder(tmp_path / "in")
     out = tmp_path / "out"
-    proc = saliency("explain", str(tmp_path / "in"), "-m", "gradient", "-o", str(out))
+    proc = saliency("explain", str(tmp_path / "in"), "-m", "gradient", "-o", str(out),
+                    "--set", f"runtime.workers={workers}")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "skipping 1 file(s) that are not images by their suffix" in proc.stderr
