@@ -45,18 +45,21 @@ def model_guard(model: Any) -> Iterator[None]:
     if not isinstance(model, nn.Module):
         yield
         return
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # only what has to change is touched (and restored): for a model the CLI
+    # already prepared, the guard costs one walk over its modules
+    training = [m for m in model.modules() if m.training]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        model.eval()
-        for p, _ in flags:
+        if training:
+            model.eval()  # through eval(), so that a model's own train() override runs
+        for p in trainable:
             p.requires_grad_(False)
         yield
     finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
+        for m in training:
+            m.training = True
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 # ------------------------------------------------------------------ activation rules

@@ -31,6 +31,7 @@ class RaisingCNN(TinyCNN):
 def train_mode_model(cls=TinyCNN):
     model = seeded(cls(), 0)
     model.train()  # attribution must switch to eval and back
+    model.bn.eval()  # ... and leave a module the user froze (a BatchNorm, typically) in eval
     model.fc.weight.requires_grad_(False)  # a partly frozen model keeps its flags
     return model
 
