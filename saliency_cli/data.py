@@ -258,8 +258,8 @@ def default_workers(device_type: str) -> int:
     With a GPU the CPU is free to decode while the model runs: up to 4
     workers. On the CPU, torch's threads already take the cores and workers
     would compete with them (on 2 cores, 2 workers made `saliency explain`
-    6-21% slower than decoding in the main process; BENCHMARKS.md), so only
-    cores that torch leaves idle get a worker."""
+    slower than decoding in the main process: `python benchmarks/workers.py`,
+    table in BENCHMARKS.md), so only cores that torch leaves idle get a worker."""
     cores = os.cpu_count() or 1
     if device_type == "cuda":
         return min(4, cores)
