@@ -23,7 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .config import Config, dump_config, load_config
-from .errors import SaliencyError, Terminated
+from .errors import OutputClosed, SaliencyError, Terminated, interrupt_code
 
 log = logging.getLogger("saliency")
 
@@ -98,7 +98,7 @@ def _handle_errors(command):
             raise
         except KeyboardInterrupt as exc:
             print("saliency: interrupted", file=sys.stderr)
-            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            raise typer.Exit(interrupt_code(exc)) from None
         except Exception as exc:  # a bug: say so, briefly
             if debug:
                 traceback.print_exc()
@@ -195,7 +195,7 @@ def explain(
     summary = run(
         cfg, paths, out, methods=method or None, overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
-        on_record=_print_record if jsonl else None,
+        on_record=_RecordPrinter() if jsonl else None,
         shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     if summary.interrupted:
@@ -222,9 +222,24 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(k), int(n)
 
 
-def _print_record(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+class _RecordPrinter:
+    """--jsonl: each manifest record on stdout as it lands. When the reader
+    goes away (`| head`), the run stops once, quietly, like a shell tool on
+    SIGPIPE; the manifest on disk still gets every finished record."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise OutputClosed() from None
 
 
 @app.command("methods")

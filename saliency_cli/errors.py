@@ -31,3 +31,17 @@ def did_you_mean(word: str, choices: Iterable[str], *, what: str) -> str:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: finish the images already computed, then stop."""
+
+    exit_code = 143
+
+
+class OutputClosed(KeyboardInterrupt):
+    """The reader of --jsonl's stdout went away (`... --jsonl | head`): stop as
+    SIGPIPE would stop a shell tool, after the images already computed."""
+
+    exit_code = 141
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of a stop: 130 for Ctrl-C, 143 for SIGTERM, 141 for a closed pipe."""
+    return getattr(exc, "exit_code", 130)

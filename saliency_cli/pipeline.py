@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import Batch, ImageDataset, InputItem, discover, make_loader, normalize
 from .detection import as_detector, num_classes
-from .errors import SaliencyError, Terminated, did_you_mean
+from .errors import SaliencyError, did_you_mean, interrupt_code
 from .methods import registry
 from .models import load_model
 from .render import compose_grid, draw_detection, render_heatmap
@@ -215,12 +215,15 @@ def run(
                 log.error("stopping at the first failed input (--fail-fast)")
                 break
     except KeyboardInterrupt as exc:
-        summary.interrupted = 143 if isinstance(exc, Terminated) else 130
+        summary.interrupted = interrupt_code(exc)
         log.warning("interrupted: finishing the images already computed, then stopping")
     finally:
         bar.close()
         with _signals_deferred() as caught:  # a signal now must not cut the last records short
-            writer.close()
+            try:
+                writer.close()
+            except KeyboardInterrupt as exc:  # --jsonl's reader left during the flush; every record is in
+                summary.interrupted = summary.interrupted or interrupt_code(exc)
         if caught:
             summary.interrupted = summary.interrupted or (143 if caught[0] == signal.SIGTERM else 130)
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]

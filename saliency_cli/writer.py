@@ -132,15 +132,22 @@ class Writer:
             for future in self.pending:
                 future.cancel()
         self.pool.shutdown(wait=True)
+        stopped = None
         while self.pending:
             future = self.pending.popleft()
-            if not future.cancelled():
+            if future.cancelled():
+                continue
+            try:
                 self._append(future.result())
+            except KeyboardInterrupt as exc:  # raised by on_record after the line was written: flush the rest
+                stopped = stopped or exc
         shutil.rmtree(self.tmp, ignore_errors=True)
         try:
             self.tmp.parent.rmdir()  # OUT/.tmp, once no shard uses it
         except OSError:
             pass
+        if stopped is not None:
+            raise stopped
 
 
 def manifest_files(out_dir: Path) -> list[Path]:

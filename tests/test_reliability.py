@@ -270,6 +270,28 @@ def test_merge_command_folds_parts(tmp_path):
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
 
 
+def test_a_reader_that_leaves_stops_the_run_quietly(tmp_path):
+    """`saliency explain ... --jsonl | head -1`: exit 141 as on SIGPIPE, no
+    traceback, the manifest whole; a rerun finishes the rest."""
+    many_images(tmp_path / "in", 24)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "saliency_cli", "explain", str(tmp_path / "in"), "-o", str(out),
+           "-m", "gradient", "--batch-size", "4", "--jsonl"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr and "Exception ignored" not in stderr
+    assert "rerun the same command to finish" in stderr
+    assert_outputs_intact(out)
+    done = records(out)
+    assert first in done and all(r["status"] == "ok" for r in done)
+    rerun = saliency("explain", str(tmp_path / "in"), "-o", str(out), "-m", "gradient", "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert {r["key"] for r in records(out)} == {f"img{i:03d}" for i in range(24)}
+
+
 def test_quiet_runs_print_nothing(tmp_path):
     proc = saliency("explain", str(SAMPLES / "rocket.jpg"), "-m", "gradient", "-o", str(tmp_path), "-q")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
