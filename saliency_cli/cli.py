@@ -4,7 +4,7 @@ with exit code 2 (`--debug` adds the traceback).
 
 Exit codes: 0 all done; 1 some input files failed (see the manifest);
 2 bad usage, config, method, layer or model; 3 an unexpected internal error;
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 --jsonl reader gone.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _config(config: Path | None, sets: list[str] | None) -> Config:
     "Outputs: OUT/<relative path without suffix>/<method>.png (heatmap over the photo) and "
     ".npy (raw float32 map at model-input size), plus OUT/manifest.jsonl (one record per image). "
     "A rerun skips finished images. Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
-    "config, 3 internal error, 130/143 interrupted.",
+    "config, 3 internal error, 130/143 interrupted, 141 --jsonl reader gone.",
 )
 @_handle_errors
 def explain(
