@@ -47,8 +47,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     values = rng.random((224, 224), dtype=np.float32)  # a map at model-input resolution
     steps: dict[str, list[float]] = {}
+    sizes = []
     for path in photos:
         image = load_image(str(path))
+        sizes.append(f"{path.name} {image.size[0]}x{image.size[1]}")
         _, box = preprocess(image, cfg.preprocess)
         original = np.asarray(image)
         heat = render_heatmap(values, style="minmax", colormap="jet", size=image.size, box=box, original=original)
@@ -69,8 +71,7 @@ def main() -> None:
         }
         for step, fn in measured.items():
             steps.setdefault(step, []).append(median_ms(fn, args.repeats))
-    sizes = ", ".join(f"{p.name} {load_image(str(p)).size[0]}x{load_image(str(p)).size[1]}" for p in photos)
-    print(f"# CPU cost per image and method, one thread ({sizes})\n")
+    print(f"# CPU cost per image and method, one thread ({', '.join(sizes)})\n")
     print("| step | ms per image (median over photos) | once per |")
     print("|---|---|---|")
     for step, ms in steps.items():

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 import saliency_cli as sal
 from saliency_cli.methods.layers import probe
+from saliency_cli.pipeline import prepare_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {  # ratio of ours to the floor (or to the reference pass named in the table)
@@ -60,13 +61,6 @@ def build(name: str) -> torch.nn.Module:
     import torchvision
 
     return torchvision.models.get_model(name, weights=None)
-
-
-def prepare(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    model.eval().to(device)
-    for p in model.parameters():  # as the CLI does: eval, frozen
-        p.requires_grad_(False)
-    return model
 
 
 def sync(device: torch.device) -> None:
@@ -282,7 +276,7 @@ device = torch.device(args.device)
 if {method!r} == "d-rise":
     v = b.d_rise_variants(args, device)["ours"]
 else:
-    model = b.prepare(b.build(args.model), device)
+    model = b.prepare_model(b.build(args.model), device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     t = model(x).argmax(1)
     v = lambda: b.sal.attribute(model, x, {method!r}, targets=t, **b.params({method!r}, args))
@@ -342,7 +336,7 @@ def end_to_end(args, device) -> dict[str, dict[str, float]]:
         fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
         batches = [torch.cat(images[i:i + args.batch]).to(device).contiguous(memory_format=fmt)
                    for i in range(0, n, args.batch)]
-        model = prepare(build(args.model), device).to(memory_format=fmt)
+        model = prepare_model(build(args.model), device, channels_last=cfg.runtime.channels_last)
         variants = {"png+npy": [], "npy only": ["output.png=false"]}
         for method in args.e2e_methods:
             sal.attribute(model, batches[0], method, **params(method, args))  # warm-up
@@ -412,7 +406,7 @@ def parse(argv=None):
 def main() -> None:
     args = parse()
     device = torch.device(args.device)
-    model = prepare(build(args.model), device)
+    model = prepare_model(build(args.model), device)  # eval, frozen: as the CLI prepares it
     peer_model = copy.deepcopy(model).requires_grad_(True)
     if args.fc_layer is None:
         args.fc_layer = {"efficientnet_lite0": "_fc"}.get(args.model, "fc")

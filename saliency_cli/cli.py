@@ -269,13 +269,13 @@ def merge_cmd(
     """Fold the manifest parts of a sharded run into OUT/manifest.jsonl (one
     record per image, the latest), e.g. after a Slurm array job."""
     _setup_logging(False, debug)
-    from .writer import manifest_files, merge_manifests
+    from .writer import MANIFEST, manifest_files, merge_manifests
 
     if not out.is_dir():
         raise SaliencyError(f"no such folder: {str(out)!r}")
-    parts = [p for p in manifest_files(out) if p.name != "manifest.jsonl"]
+    parts = [p for p in manifest_files(out) if p.name != MANIFEST]
     count = merge_manifests(out)
-    log.info("merged %d part(s): %d record(s) in %s", len(parts), count, out / "manifest.jsonl")
+    log.info("merged %d part(s): %d record(s) in %s", len(parts), count, out / MANIFEST)
 
 
 @app.command("report", epilog="[bold]Example[/bold]\n\n  saliency report out/ && xdg-open out/report.html")
@@ -292,8 +292,7 @@ def report_cmd(
 
     if not manifest_files(out):
         raise SaliencyError(f"no manifest in {str(out)!r}: run `saliency explain ... -o {out}` first")
-    pages = write_report(out)
-    log.info("report: %s%s", pages[0], f" ({len(pages)} pages)" if len(pages) > 1 else "")
+    write_report(out)
 
 
 @app.command("config")
@@ -311,7 +310,6 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     _setup_logging(False, debug)
     import torch
 
-    from .hooks import model_guard
     from .methods import registry
     from .methods.layers import list_layers
     from .models import load_model
@@ -333,8 +331,7 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     print("* default layer of grad-cam and guided-grad-cam (the last feature map before global pooling)")
     try:
         cam = registry.get("cam")
-        with model_guard(model):
-            cam.compute(model, images, None, cam.make_params())
+        cam.run(model, images, None, cam.make_params())
         print("cam: available (global average pooling + linear head)")
     except SaliencyError as exc:
         print(f"cam: not available for this model: {exc}")

@@ -46,7 +46,7 @@ class ModelConfig:
             raise SaliencyError("model: give either 'arch' or 'factory', not both")
         if not sources and not (self.checkpoint and self.trust_checkpoint):
             raise SaliencyError(
-                "config: model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
+                "model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
                 " or a pickled 'checkpoint' with 'trust_checkpoint: true'"
             )
         if self.weights and not self.arch:

@@ -242,6 +242,16 @@ class Batch:
     failed: list[dict[str, Any]]  # items whose `error` is set
     inputs: torch.Tensor | list[torch.Tensor] | None  # uint8 [B,3,H,W], or a list when sizes differ
 
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True), which cannot see into a
+        dataclass: without it the non_blocking copies to the GPU would block."""
+        x = self.inputs
+        if isinstance(x, torch.Tensor):
+            x = x.pin_memory()
+        elif x is not None:
+            x = [t.pin_memory() for t in x]
+        return Batch(self.ok, self.failed, x)
+
 
 def collate(items: list[dict[str, Any]]) -> Batch:
     ok = [it for it in items if it["error"] is None]

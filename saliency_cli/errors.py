@@ -20,11 +20,14 @@ class InputError(Exception):
     """One input file could not be used (corrupt, truncated, not an image...)."""
 
 
-def did_you_mean(word: str, choices: Iterable[str], *, what: str) -> str:
-    """'unknown X 'foo' (did you mean 'bar'?); valid: a, b, c' for error messages."""
+def did_you_mean(word: str, choices: Iterable[str], *, what: str, list_valid: bool = True) -> str:
+    """'unknown X 'foo' (did you mean 'bar'?); valid: a, b, c' for error messages
+    (without the list of valid choices when it is too long to help)."""
     choices = sorted(choices)
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    if not list_valid:
+        return f"unknown {what} {word!r}{hint}"
     shown = ", ".join(choices) if len(choices) <= 40 else ", ".join(choices[:40]) + ", ..."
     return f"unknown {what} {word!r}{hint}; valid: {shown}"
 

@@ -157,7 +157,6 @@ class _ActivationRules(TorchFunctionMode):
         super().__init__()
         self.rule = rule  # read by every _Rectifier when the backward runs
         self.unguided: set[str] = set()
-        self.rectified = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -169,7 +168,6 @@ class _ActivationRules(TorchFunctionMode):
             else:
                 x, upper, inplace = parsed
                 if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
-                    self.rectified += 1
                     return _Rectifier.apply(x, upper, inplace, self)
         elif func in _NOT_RELU_FAMILY:
             self.unguided.add(_NOT_RELU_FAMILY[func])

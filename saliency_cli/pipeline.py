@@ -35,7 +35,7 @@ from .errors import SaliencyError, did_you_mean, interrupt_code
 from .methods import registry
 from .models import load_model
 from .render import compose_grid, draw_detection, render_heatmap
-from .targets import label_of, load_labels, parse_target, top_k
+from .targets import label_of, load_labels, parse_target
 from .writer import (
     MANIFEST,
     PART,
@@ -260,10 +260,9 @@ def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None) -
 
 
 def _report(out_dir: Path) -> None:
-    from .report import write_report
+    from .report import write_report  # imported late: only runs with output.report
 
-    pages = write_report(out_dir)
-    log.info("report: %s%s", pages[0], f" ({len(pages)} pages)" if len(pages) > 1 else "")
+    write_report(out_dir)
 
 
 def _check_layers(model: Any, params: dict[str, Any]) -> None:
@@ -276,7 +275,7 @@ def _check_layers(model: Any, params: dict[str, Any]) -> None:
             model.get_submodule(layer)
         except AttributeError:
             names = [n for n, _ in model.named_modules() if n]
-            message = did_you_mean(layer, names, what="layer").split("; valid:")[0]
+            message = did_you_mean(layer, names, what="layer", list_valid=False)
             raise SaliencyError(f"{name}: {message}; `saliency layers` lists the layers") from None
 
 
@@ -408,7 +407,7 @@ class _ClassifyStep(_Step):
                 torch.cuda.synchronize(self.device)
             seconds[name] = round((time.perf_counter() - t0) / size, 5)
         probs = logits.float().softmax(dim=1)
-        top_p, top_c = top_k(logits, self.cfg.runtime.top_k)
+        top_p, top_c = probs.topk(min(self.cfg.runtime.top_k, probs.shape[1]), dim=1)
         target_p = probs.gather(1, targets[:, None])[:, 0]
         # the only device -> host copies of the batch
         host = {name: m.detach().float().cpu().numpy() for name, m in maps.items()}
@@ -423,7 +422,7 @@ class _ClassifyStep(_Step):
             record["seconds"] = {"decode": round(it["decode_seconds"], 5), **{n: seconds[n] for n in work.methods}}
             jobs, panels = [], {}
             for name in work.methods:
-                files = output_files(work.item.key, name, png=self.cfg.output.png, npy=self.cfg.output.npy)
+                files = _expected_files(work.item.key, name, self.cfg)
                 record["outputs"][name] = files
                 if "npy" in files:
                     jobs.append(partial(self.writer.save_npy, files["npy"], host[name][i]))
@@ -472,10 +471,9 @@ class _DetectStep(_Step):
         width, height = it["size"]
         scale = np.array([width / input_size[1], height / input_size[0]] * 2)  # input -> photo pixels
         key, out = work.item.key, self.cfg.output
-        files: dict[str, Any] = {}
         jobs: list = []
-        if out.npy:
-            files["npy"] = f"{key}/{name}.npy"
+        files: dict[str, Any] = _expected_files(key, name, self.cfg)
+        if "npy" in files:
             jobs.append(partial(self.writer.save_npy, files["npy"], maps))
         record["detections"] = []
         pngs = []
@@ -497,6 +495,7 @@ class _DetectStep(_Step):
 
     def _png(self, name: str, rel: str, values: np.ndarray, it: dict, box: list[float], text: str,
              panels: dict) -> None:
-        image = draw_detection(self.render(values, it, registry.get(name).style, 100.0), box, text)
+        style, percentile = registry.get(name).display(self.params[name])
+        image = draw_detection(self.render(values, it, style, percentile), box, text)
         panels[rel] = image
         self.writer.save_png(rel, image)

@@ -10,6 +10,7 @@ load lazily with their size reserved, and rows are split into pages
 from __future__ import annotations
 
 import html
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .writer import read_manifest
+
+log = logging.getLogger("saliency")
 
 PAGE_SIZE = 100
 THUMB = 220  # thumbnail width in CSS pixels
@@ -58,6 +61,7 @@ def write_report(out_dir: Path, *, page_size: int = PAGE_SIZE) -> list[Path]:
     for stale in out_dir.glob("report-*.html"):  # pages of an earlier, longer report
         if stale.name not in names:
             stale.unlink()
+    log.info("report: %s%s", paths[0], f" ({len(paths)} pages)" if len(paths) > 1 else "")
     return paths
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .errors import SaliencyError, did_you_mean
 
 
@@ -60,8 +58,3 @@ def parse_target(spec: int | str, labels: list[str] | None) -> int | None:
         raise SaliencyError(f"--target must be >= 0, got {index}")
     return index
 
-
-def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, class ids), each [B, k], from softmax over the logits."""
-    probs = logits.float().softmax(dim=1)
-    return probs.topk(min(k, probs.shape[1]), dim=1)

@@ -126,19 +126,13 @@ class Writer:
         if self.on_record is not None:
             self.on_record(record)
 
-    def close(self, *, wait: bool = True) -> None:
-        """Finish (or with wait=False, drop) queued work; append what finished."""
-        if not wait:
-            for future in self.pending:
-                future.cancel()
+    def close(self) -> None:
+        """Finish the queued work and append its records."""
         self.pool.shutdown(wait=True)
         stopped = None
         while self.pending:
-            future = self.pending.popleft()
-            if future.cancelled():
-                continue
             try:
-                self._append(future.result())
+                self._append(self.pending.popleft().result())
             except KeyboardInterrupt as exc:  # raised by on_record after the line was written: flush the rest
                 stopped = stopped or exc
         shutil.rmtree(self.tmp, ignore_errors=True)

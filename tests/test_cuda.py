@@ -48,3 +48,12 @@ def test_explain_on_cuda(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "on cuda" in proc.stderr
     assert records(tmp_path)[0]["predictions"][0]["label"] == "Egyptian cat"
+
+
+def test_batches_are_pinned_for_non_blocking_copies():
+    from saliency_cli.data import Batch, collate
+
+    item = {"error": None, "input": torch.zeros(3, 8, 8, dtype=torch.uint8)}
+    assert collate([item, dict(item)]).pin_memory().inputs.is_pinned()
+    odd = Batch([item], [], [torch.zeros(3, 8, 8), torch.zeros(3, 4, 4)]).pin_memory()  # sizes differ
+    assert all(t.is_pinned() for t in odd.inputs)

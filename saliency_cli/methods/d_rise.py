@@ -89,9 +89,9 @@ def similarity(targets: Detections, found: list[Detections]) -> torch.Tensor:
     """[K, M]: for each target and masked image, the best match
     IoU * cos(class vectors) * score over that image's detections."""
     k, m = len(targets), len(found)
-    counts = torch.tensor([len(d) for d in found], device=targets.boxes.device)
+    lengths = [len(d) for d in found]  # known on the host: no device sync
     weights = targets.boxes.new_zeros((k, m))
-    if int(counts.sum()) == 0:
+    if sum(lengths) == 0:
         return weights
     boxes = torch.cat([d.boxes for d in found])
     probs = torch.cat([d.probs for d in found])
@@ -101,7 +101,7 @@ def similarity(targets: Detections, found: list[Detections]) -> torch.Tensor:
                             f"the image, {probs.shape[1]} for a masked copy)")
     cosine = F.normalize(targets.probs, dim=1) @ F.normalize(probs, dim=1).T
     pairs = box_iou(targets.boxes, boxes) * cosine * scores[None, :]  # [K, D]
-    owner = torch.repeat_interleave(torch.arange(m, device=counts.device), counts)
+    owner = torch.repeat_interleave(torch.arange(m), torch.tensor(lengths)).to(weights.device)
     return weights.scatter_reduce_(1, owner.expand(k, -1), pairs, reduce="amax", include_self=True)
 
 

@@ -178,7 +178,6 @@ class Layer:
     name: str
     module: nn.Module
     calls: int  # times the module runs per forward; the last call is explained
-    shape: tuple[int, ...]
 
 
 def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, method: str) -> Layer:
@@ -190,8 +189,8 @@ def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, meth
         module = model.get_submodule(name)
     except AttributeError:
         names = [c.name for c in found.feature_maps()] or [n for n, _ in model.named_modules() if n]
-        message = did_you_mean(name, names, what="layer")
-        raise SaliencyError(f"{method}: {message.split('; valid:')[0]}; `saliency layers` lists the "
+        message = did_you_mean(name, names, what="layer", list_valid=False)
+        raise SaliencyError(f"{method}: {message}; `saliency layers` lists the "
                             "layers with their output shapes") from None
     call = found.last(name)
     if call is None:
@@ -204,7 +203,7 @@ def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, meth
         found.noted.add(name)
         log.info("%s: layer %r runs %d times per forward pass; explaining its last call (output %s)",
                  method, name, calls, "x".join(map(str, call.shape[1:])))
-    return Layer(name, module, calls, call.shape)
+    return Layer(name, module, calls)
 
 
 @contextmanager

@@ -149,7 +149,7 @@ def select_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.
         return logits.detach().argmax(dim=1)
     targets = targets.to(logits.device)
     num_classes = logits.shape[1]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+    if targets.numel() and not bool(((targets >= 0) & (targets < num_classes)).all()):  # one sync
         raise SaliencyError(
             f"target class {targets.tolist()} out of range for a model with {num_classes} outputs"
         )
