@@ -304,17 +304,19 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
     previous = {} if overwrite else read_manifest(out_dir)
     work = []
     for item in items:
-        expected = {n: _expected_files(item.key, n, cfg) for n in names}
         record = previous.get(item.key)
-        done = finished_methods(out_dir, record, expected)
-        if cfg.output.grid and not (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
-            done = set()  # the grid shows every method: recompute them together
+        done: set[str] = set()
+        # without its grid the image is redone whole: the grid shows every method together
+        if not cfg.output.grid or (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
+            done = finished_methods(out_dir, record, {n: _expected_files(item.key, n, cfg) for n in names})
         todo = [n for n in names if n not in done]
         if todo:
             # outputs of other methods from earlier runs stay part of the image's record
+            # (files of methods in `done` were just checked)
+            ok = bool(record) and record.get("status") == "ok"
             kept = {n: f for n, f in (record or {}).get("outputs", {}).items()
-                    if n not in todo and record.get("status") == "ok"
-                    and all((out_dir / rel).is_file() for rel in recorded_files(f))}
+                    if ok and n not in todo
+                    and (n in done or all((out_dir / rel).is_file() for rel in recorded_files(f)))}
             work.append(_Work(item, todo, kept))
     return work
 

@@ -231,5 +231,5 @@ def finished_methods(out_dir: Path, record: dict[str, Any] | None,
     return {
         method for method, files in expected.items()
         if method in recorded
-        and all((Path(out_dir) / rel).is_file() for rel in [*files.values(), *recorded_files(recorded[method])])
+        and all((Path(out_dir) / rel).is_file() for rel in {*files.values(), *recorded_files(recorded[method])})
     }
