@@ -199,8 +199,12 @@ def explain(
         shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     if summary.interrupted:
-        print(f"saliency: interrupted after {summary.ok} image(s); rerun the same command to finish",
-              file=sys.stderr)
+        if summary.remaining:
+            print(f"saliency: interrupted after {summary.ok} image(s), {summary.remaining} left; "
+                  "rerun the same command to finish", file=sys.stderr)
+        else:  # the signal (or the reader's exit) came after the last image
+            print(f"saliency: interrupted after the last image; nothing is left to do in {out}",
+                  file=sys.stderr)
         raise typer.Exit(summary.exit_code)
     done = f"{summary.ok} image(s) written to {out}"
     if summary.skipped:

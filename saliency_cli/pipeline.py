@@ -62,6 +62,11 @@ class RunSummary:
     merged: bool = False  # this shard merged the manifest parts
 
     @property
+    def remaining(self) -> int:
+        """Images this run was to do and did not (after an interruption or --fail-fast)."""
+        return self.found - self.skipped - self.ok - self.failed
+
+    @property
     def exit_code(self) -> int:
         if self.interrupted:
             return self.interrupted
@@ -143,38 +148,62 @@ def run(
     shard: tuple[int, int] | None = None,
     fail_fast: bool = False,
 ) -> RunSummary:
+    """Explain every image under `paths` that `out_dir` does not hold yet."""
     start = time.perf_counter()
     shard = resolve_shard(shard)
+    names = _method_names(cfg, methods)
+    params = {name: cfg.method_params(name) for name in names}  # validates before any work
+    out_dir = Path(out_dir)
+    items = _inputs(paths, stdin, shard)
+    work = _plan(items, names, out_dir, cfg, overwrite)
+    summary = RunSummary(found=len(items), skipped=len(items) - len(work))
+    if summary.skipped:
+        log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
+                 summary.skipped, summary.found, out_dir)
+    if work:
+        manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
+        writer = partial(Writer, out_dir, manifest=manifest, on_record=on_record)
+        _explain(cfg, work, names, params, writer, summary, progress=progress, fail_fast=fail_fast)
+        summary.seconds = time.perf_counter() - start
+    if not summary.interrupted and not summary.stopped_early:
+        _finish(summary, out_dir, shard)
+    if cfg.output.report and (shard is None or summary.merged):
+        _report(out_dir)
+    return summary
+
+
+def _method_names(cfg: Config, methods: Sequence[str] | None) -> list[str]:
+    """-m names (else the config's `run` list), `all` expanded to every method
+    of the config's task in registry order, each checked against the task."""
     names = list(dict.fromkeys(methods or cfg.run))
-    if "all" in names:  # every method of the config's task, in registry order
+    if "all" in names:
         names = list(dict.fromkeys(n for m in names for n in (registry.names(cfg.task) if m == "all" else [m])))
     for name in names:
         cfg.check_method(name)
-    params = {name: cfg.method_params(name) for name in names}  # validates before any work
-    out_dir = Path(out_dir)
-    detection = cfg.task == "detection"
+    return names
 
+
+def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None) -> list[InputItem]:
+    """The images found under `paths` (this shard's share of them)."""
     found = discover(paths, stdin)
     if found.skipped:
         log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)",
                  len(found.skipped), found.skipped[0])
     if not found.items:
         raise SaliencyError(f"no images found in {' '.join(paths)}")
-    items = found.items
-    if shard is not None:  # round robin over the sorted list: balanced and deterministic
-        items = items[shard[0]::shard[1]]
-        log.info("shard %d of %d: %d of %d image(s)", shard[0], shard[1], len(items), len(found.items))
-    work = _plan(items, names, out_dir, cfg, overwrite)
-    summary = RunSummary(found=len(items), skipped=len(items) - len(work))
-    if summary.skipped:
-        log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
-                 summary.skipped, summary.found, out_dir)
-    if not work:
-        _finish(summary, out_dir, shard)
-        if cfg.output.report and (shard is None or summary.merged):
-            _report(out_dir)
-        return summary
+    if shard is None:
+        return found.items
+    items = found.items[shard[0]::shard[1]]  # round robin over the sorted list: balanced and deterministic
+    log.info("shard %d of %d: %d of %d image(s)", shard[0], shard[1], len(items), len(found.items))
+    return items
 
+
+def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str, Any],
+             open_writer: Callable[[], Writer], summary: RunSummary, *, progress: bool, fail_fast: bool) -> None:
+    """Load the model, stream the images through the methods into a writer
+    (opened once the model is ready: a bad model leaves no output folder)
+    and fill in `summary`'s counts."""
+    detection = cfg.task == "detection"
     device = resolve_device(cfg.runtime.device)
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = prepare_model(load_model(cfg.model), device, cfg.runtime.channels_last and not detection)
@@ -182,32 +211,23 @@ def run(
     labels = load_labels(cfg.labels, num_classes=_num_classes(model, cfg, device))
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(names), device)
-
     dataset = ImageDataset([w.item for w in work], cfg.preprocess, detection=detection,
                            keep_original=cfg.output.png and (cfg.output.overlay or cfg.output.grid))
     loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
                          workers=cfg.runtime.workers, device_type=device.type)
-    manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
-    writer = Writer(out_dir, manifest=manifest, on_record=on_record)
+    writer = open_writer()
+    args = (cfg, model, device, params, labels, target, writer, work)
     if detection:
         masks = sum(params[n].num_masks for n in names)
         bar = tqdm(total=len(work) * masks, unit="mask", unit_scale=True, disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
-        step: Any = _DetectStep(cfg, model, device, params, labels, target, writer, work, progress=bar.update)
+        step: _Step = _DetectStep(*args, progress=bar.update)
     else:
         bar = tqdm(total=len(work), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-        step = _ClassifyStep(cfg, model, device, params, labels, target, writer, work)
-    debug = log.isEnabledFor(logging.DEBUG)
+        step = _ClassifyStep(*args)
     try:
         for batch in loader:
-            try:
-                step(batch)
-            except (SaliencyError, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # one odd image must not end a long run
-                if debug:
-                    raise
-                step.record_failures(batch, f"explaining failed: {type(exc).__name__}: {exc}")
+            step.safely(batch)
             if not detection:
                 bar.update(len(batch.ok) + len(batch.failed))
             if fail_fast and (batch.failed or writer.counts["error"]):
@@ -219,20 +239,20 @@ def run(
         log.warning("interrupted: finishing the images already computed, then stopping")
     finally:
         bar.close()
-        with _signals_deferred() as caught:  # a signal now must not cut the last records short
-            try:
-                writer.close()
-            except KeyboardInterrupt as exc:  # --jsonl's reader left during the flush; every record is in
-                summary.interrupted = summary.interrupted or interrupt_code(exc)
-        if caught:
-            summary.interrupted = summary.interrupted or (143 if caught[0] == signal.SIGTERM else 130)
+        _close(writer, summary)
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]
-    summary.seconds = time.perf_counter() - start
-    if not summary.interrupted and not summary.stopped_early:
-        _finish(summary, out_dir, shard)
-    if cfg.output.report and (shard is None or summary.merged):
-        _report(out_dir)
-    return summary
+
+
+def _close(writer: Writer, summary: RunSummary) -> None:
+    """Flush the writer's last records; a signal arriving meanwhile is noted
+    in `summary`, not raised, so no finished image loses its record."""
+    with _signals_deferred() as caught:
+        try:
+            writer.close()
+        except KeyboardInterrupt as exc:  # --jsonl's reader left during the flush; every record is in
+            summary.interrupted = summary.interrupted or interrupt_code(exc)
+    if caught:
+        summary.interrupted = summary.interrupted or (143 if caught[0] == signal.SIGTERM else 130)
 
 
 @contextmanager
@@ -343,6 +363,21 @@ class _Step:
         self.params, self.labels, self.target = params, labels, target
         self.writer, self.work = writer, work
 
+    def safely(self, batch: Batch) -> None:
+        """Explain a batch; an unexpected failure is recorded against its
+        images (one odd image must not end a long run), except with --debug."""
+        try:
+            self(batch)
+        except (SaliencyError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                raise
+            self.record_failures(batch, f"explaining failed: {type(exc).__name__}: {exc}")
+
+    def __call__(self, batch: Batch) -> None:
+        raise NotImplementedError
+
     def record_failures(self, batch: Batch, error: str | None = None) -> None:
         """The batch's undecodable items (each step's first act), or with
         `error` its decoded items, when explaining them failed."""
@@ -355,13 +390,23 @@ class _Step:
         return {"input": work.item.path, "key": work.item.key, "status": "ok", "size": list(it["size"]),
                 "outputs": dict(work.previous)}
 
-    def render(self, values: np.ndarray, it: dict, style: str, percentile: float, weighted: bool = False):
-        out = self.cfg.output
+    def png(self, name: str, rel: str, values: np.ndarray, it: dict, panels: dict,
+            detection: tuple[list[float], str] | None = None) -> None:
+        """Render one map as OUT/<rel> (over the photo unless --no-overlay),
+        outlining `detection` (box in photo pixels, label) if given; the
+        image is kept in `panels` for the grid."""
+        if values.ndim == 3:  # reduce: none keeps channels; show the max-abs view
+            values = np.abs(values).max(axis=0)
+        method, out = registry.get(name), self.cfg.output
+        style, percentile = method.display(self.params[name])
         original = it["original"].numpy() if it["original"] is not None and out.overlay else None
-        percentile = out.clip_percentile or percentile
-        return render_heatmap(values, style=style, colormap=out.colormap, size=tuple(it["size"]),
-                              box=it["box"], original=original, alpha=out.alpha, percentile=percentile,
-                              weighted=weighted)
+        image = render_heatmap(values, style=style, colormap=out.colormap, size=tuple(it["size"]), box=it["box"],
+                               original=original, alpha=out.alpha, percentile=out.clip_percentile or percentile,
+                               weighted=method.pixel_space)
+        if detection is not None:
+            image = draw_detection(image, *detection)
+        panels[rel] = image
+        self.writer.save_png(rel, image)
 
     def grid_job(self, record: dict, it: dict, panels: dict[str, Any], caption: Callable) -> Callable:
         """The job writing OUT/<key>/grid.png from the panels the image's PNG
@@ -429,19 +474,10 @@ class _ClassifyStep(_Step):
                 if "npy" in files:
                     jobs.append(partial(self.writer.save_npy, files["npy"], host[name][i]))
                 if "png" in files:
-                    jobs.append(partial(self._png, name, files["png"], host[name][i], it, panels))
+                    jobs.append(partial(self.png, name, files["png"], host[name][i], it, panels))
             if self.cfg.output.grid:
                 jobs.append(self.grid_job(record, it, panels, partial(_class_caption, record)))
             self.writer.submit(record, jobs)
-
-    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, panels: dict) -> None:
-        if values.ndim == 3:  # reduce: none keeps channels; show the max-abs view
-            values = np.abs(values).max(axis=0)
-        method = registry.get(name)
-        style, percentile = method.display(self.params[name])
-        panels[rel] = image = self.render(values, it, style, percentile, weighted=method.pixel_space)
-        self.writer.save_png(rel, image)
-
 
 class _DetectStep(_Step):
     def __init__(self, *args, progress: Callable[[int], None]):
@@ -488,16 +524,9 @@ class _DetectStep(_Step):
                 entry["png"] = f"{key}/{name}-{k}.png"
                 pngs.append(entry["png"])
                 text = f"{label} {float(dets.scores[k]):.2f}"
-                jobs.append(partial(self._png, name, entry["png"], maps[k], it, box, text, panels))
+                jobs.append(partial(self.png, name, entry["png"], maps[k], it, panels, (box, text)))
             record["detections"].append(entry)
         if out.png:
             files["png"] = pngs
         record["outputs"][name] = files
         return jobs
-
-    def _png(self, name: str, rel: str, values: np.ndarray, it: dict, box: list[float], text: str,
-             panels: dict) -> None:
-        style, percentile = registry.get(name).display(self.params[name])
-        image = draw_detection(self.render(values, it, style, percentile), box, text)
-        panels[rel] = image
-        self.writer.save_png(rel, image)

@@ -292,6 +292,19 @@ def test_a_reader_that_leaves_stops_the_run_quietly(tmp_path):
     assert {r["key"] for r in records(out)} == {f"img{i:03d}" for i in range(24)}
 
 
+@pytest.mark.parametrize(("ok", "message"), [(3, "1 left; rerun the same command"),
+                                              (4, "after the last image; nothing is left to do")])
+def test_the_interrupt_message_says_whether_a_rerun_is_needed(tmp_path, ok, message):
+    """A reader that leaves after the last record (or a Ctrl-C during the
+    final flush) must not send the user to rerun a finished job."""
+    fake = (f"from saliency_cli import pipeline; from saliency_cli.cli import app; "
+            f"pipeline.run = lambda *a, **k: pipeline.RunSummary(found=5, skipped=1, ok={ok}, interrupted=141); "
+            f"app(['explain', {str(SAMPLES)!r}, '-o', {str(tmp_path)!r}, '-q'])")
+    result = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 141, result.stderr
+    assert message in result.stderr and ("rerun" in result.stderr) == (ok == 3)
+
+
 def test_quiet_runs_print_nothing(tmp_path):
     proc = saliency("explain", str(SAMPLES / "rocket.jpg"), "-m", "gradient", "-o", str(tmp_path), "-q")
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
