@@ -11,7 +11,6 @@ the top-1 class is the same.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from saliency_cli.methods import registry
 from saliency_cli.models import efficientnet_lite0
 from saliency_cli.pipeline import amp_context
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import sample_photos
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = Config().preprocess
-    photos = sorted((ROOT / "sample_images").glob("*.[pj][np]g"))
+    photos = sample_photos()
     x = torch.cat([normalize(preprocess(load_image(str(p)), cfg)[0][None], cfg) for p in photos]).to(device)
     model = efficientnet_lite0().eval().to(device)
     with torch.no_grad():

@@ -11,16 +11,11 @@ import statistics
 import time
 
 import torch
-import torchvision
 
 import saliency_cli as sal
-from saliency_cli.models import efficientnet_lite0
+from saliency_cli.pipeline import prepare_model
 
-
-def build(name: str) -> torch.nn.Module:
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0().eval()
-    return torchvision.models.get_model(name, weights=None).eval()
+from common import build
 
 
 def main() -> None:
@@ -33,7 +28,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     print("model               images/call  ms/image (median of repeats)")
     for name in args.models:
-        model = build(name)
+        model = prepare_model(build(name), torch.device("cpu"))
         for size in args.sizes:
             x = torch.randn(size, 3, 224, 224)
             sal.attribute(model, x, "gradient")  # warm-up

@@ -15,7 +15,6 @@ import argparse
 import io
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from saliency_cli.data import load_image, preprocess
 from saliency_cli.render import render_heatmap
 from saliency_cli.writer import PNG_COMPRESS_LEVEL, PNG_STRATEGY
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import sample_photos
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -43,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(None)
-    photos = sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))
+    photos = sample_photos()
     rng = np.random.default_rng(0)
     values = rng.random((224, 224), dtype=np.float32)  # a map at model-input resolution
     steps: dict[str, list[float]] = {}

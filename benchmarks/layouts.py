@@ -15,19 +15,14 @@ median of the repeats, three ways:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
-import torchvision
 
 import saliency_cli as sal
-from saliency_cli.models import efficientnet_lite0
 from saliency_cli.pipeline import amp_context, prepare_model
 
-
-def build(name: str) -> torch.nn.Module:
-    return efficientnet_lite0() if name == "efficientnet_lite0" else torchvision.models.get_model(name, weights=None)
+from common import build, interleaved_medians
 
 
 def main() -> None:
@@ -44,23 +39,21 @@ def main() -> None:
     print(f"# gradient, batch {args.batch} x 224x224 on {device}; seconds per batch (median of {args.repeats})\n")
     print("| model | contiguous | channels_last | ratio | channels_last + bf16 autocast | ratio |")
     print("|---|---|---|---|---|---|")
+
+    def gradient(model, inputs, amp):
+        with amp_context(device, amp):
+            return sal.attribute(model, inputs, "gradient")
+
     for name in args.models:
         plain = prepare_model(build(name), device)
         last = prepare_model(build(name), device, channels_last=True)
-        variants = {
-            "contiguous": (plain, x, False),
-            "channels_last": (last, x.contiguous(memory_format=torch.channels_last), False),
-            "bf16": (last, x.contiguous(memory_format=torch.channels_last), True),
-        }
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for round_ in range(args.repeats + 1):  # round 0 warms up
-            for key, (model, inputs, amp) in variants.items():
-                start = time.perf_counter()
-                with amp_context(device, amp):
-                    sal.attribute(model, inputs, "gradient").cpu()
-                if round_:
-                    times[key].append(time.perf_counter() - start)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        inputs = x.contiguous(memory_format=torch.channels_last)
+
+        med = interleaved_medians({
+            "contiguous": partial(gradient, plain, x, False),
+            "channels_last": partial(gradient, last, inputs, False),
+            "bf16": partial(gradient, last, inputs, True),
+        }, args.repeats, device)
         print(f"| {name} | {med['contiguous']:.3f} | {med['channels_last']:.3f} | "
               f"{med['channels_last'] / med['contiguous']:.2f} | {med['bf16']:.3f} | "
               f"{med['bf16'] / med['contiguous']:.2f} |", flush=True)

@@ -43,7 +43,8 @@ import saliency_cli as sal
 from saliency_cli.methods.layers import probe
 from saliency_cli.pipeline import prepare_model
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, build, copy_photos, interleaved_medians, sync
+
 TARGETS = {  # ratio of ours to the floor (or to the reference pass named in the table)
     "gradient": 1.10, "gradient-x-input": 1.10, "deconvnet": 1.10, "guided-backprop": 1.10,
     "smoothgrad": 1.10, "cam": 1.05, "grad-cam": 0.75, "guided-grad-cam": 1.15, "d-rise": 1.15,
@@ -51,21 +52,6 @@ TARGETS = {  # ratio of ours to the floor (or to the reference pass named in the
 
 
 # ------------------------------------------------------------------ models and inputs
-
-
-def build(name: str) -> torch.nn.Module:
-    if name == "efficientnet_lite0":
-        from saliency_cli.models import efficientnet_lite0
-
-        return efficientnet_lite0()
-    import torchvision
-
-    return torchvision.models.get_model(name, weights=None)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------ floors
@@ -249,21 +235,6 @@ def d_rise_variants(args, device):
 # ------------------------------------------------------------------ timing
 
 
-def measure(variants: dict[str, Callable], repeats: int, device: torch.device) -> dict[str, float]:
-    for fn in variants.values():  # warm-up: caches, probes, lazy imports
-        fn()
-        sync(device)
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
-        for label, fn in variants.items():  # interleaved: drift hits every variant alike
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(ts) for label, ts in times.items()}
-
-
 def peak_memory(method: str, args) -> float | None:
     """Peak memory of one call above the loaded model, in MiB, in a fresh
     process (CPU: resident set; CUDA: allocator peak)."""
@@ -309,13 +280,10 @@ def end_to_end(args, device) -> dict[str, dict[str, float]]:
     throughput = N / median(T(2N) - T(N)); attribution alone is timed in the
     same rounds (median).
     """
-    from PIL import Image
-
     from saliency_cli.config import load_config
     from saliency_cli.data import load_image, normalize, preprocess
     from saliency_cli.pipeline import run
 
-    photos = sorted((ROOT / "sample_images").glob("*.[pj][np]g"))
     overrides = [f"runtime.batch_size={args.batch}", f"runtime.device={args.device}"]
     if args.model != "efficientnet_lite0":
         overrides += ["model.factory=null", f"model.arch={args.model}"]
@@ -324,11 +292,7 @@ def end_to_end(args, device) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
         for count in (n, 2 * n):
-            folders[count] = Path(tmp) / f"in{count}"
-            folders[count].mkdir()
-            for i in range(count):
-                src = photos[i % len(photos)]
-                Image.open(src).save(folders[count] / f"{i:04d}{src.suffix}")
+            folders[count] = copy_photos(Path(tmp) / f"in{count}", count)
         cfg = load_config(None, overrides)
         images = [normalize(preprocess(load_image(str(p)), cfg.preprocess)[0][None], cfg.preprocess)
                   for p in sorted(folders[n].iterdir())]
@@ -423,7 +387,7 @@ def main() -> None:
     for name in args.methods:
         variants = d_rise_variants(args, device) if name == "d-rise" else \
             classification_variants(name, model, peer_model, x, t, args)
-        times = measure(variants, args.repeats, device)
+        times = interleaved_medians(variants, args.repeats, device)
         ratio = times["ours"] / times["floor"]
         reference = "fwd+bwd to input" if name == "grad-cam" else "floor"
         target_ratio = times["ours"] / times[reference]

@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from saliency_cli.config import load_config
 from saliency_cli.pipeline import run
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import copy_photos
 
 
 def main() -> None:
@@ -32,13 +30,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    photos = sorted((ROOT / "sample_images").glob("*.[pj][np]g"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        folder.mkdir()
-        for i in range(args.images):
-            src = photos[i % len(photos)]
-            Image.open(src).save(folder / f"{i:04d}{src.suffix}")
+        folder = copy_photos(Path(tmp) / "in", args.images)
         print(f"# saliency explain on {args.images} photos, batch 8, {args.device}; "
               f"seconds per run (median of {args.repeats})\n")
         print("| method | outputs | " + " | ".join(f"{w} workers" for w in args.workers) + " |")

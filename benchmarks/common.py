@@ -1,0 +1,62 @@
+"""What the benchmark scripts share: the models they build, the sample
+photos, and timing on a device (CUDA work is asynchronous: wait for it)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build(name: str) -> torch.nn.Module:
+    """efficientnet_lite0 (offline ImageNet weights) or any torchvision
+    architecture by name, untrained (weights=None: nothing is downloaded)."""
+    if name == "efficientnet_lite0":
+        from saliency_cli.models import efficientnet_lite0
+
+        return efficientnet_lite0()
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_photos() -> list[Path]:
+    """The bundled photos (sample_images/), sorted."""
+    return sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))
+
+
+def copy_photos(folder: Path, count: int) -> Path:
+    """A folder of `count` photos, cycling through the samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sample_photos()
+    for i in range(count):
+        src = photos[i % len(photos)]
+        Image.open(src).save(folder / f"{i:04d}{src.suffix}")
+    return folder
+
+
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int,
+                        device: torch.device) -> dict[str, float]:
+    """Seconds per call of each variant: one warm-up round, then `repeats`
+    rounds taking every variant in turn (so drift hits all alike); medians."""
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for round_ in range(repeats + 1):
+        for label, fn in variants.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if round_:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(ts) for label, ts in times.items()}
