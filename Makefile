@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= outputs/demo
 
-.PHONY: install install-test browser demo docs test lint bench clean
+.PHONY: install install-test browser demo docs test lint bench bench-gpu clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -54,6 +54,10 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 # every method against its floor and the peers; see BENCHMARKS.md
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py
+
+# the GPU figures of BENCHMARKS.md and the CUDA-only tests (needs a CUDA device)
+bench-gpu: $(VENV)/.installed-bench
+	PYTHON=$(BIN)/python bash benchmarks/gpu.sh
 
 clean:
 	rm -rf outputs saliency-out .pytest_cache

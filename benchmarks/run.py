@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import importlib.util
 import json
 import platform
 import statistics
@@ -89,16 +91,18 @@ def fwd_bwd_layer(model, x, t, layer):
 # ------------------------------------------------------------------ variants per method
 
 
+def installed(module: str) -> bool:
+    """A peer library is optional (`pip install -e '.[bench]'` brings them all)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def classification_variants(name, model, peer_model, x, t, args) -> dict[str, Callable[[], object]]:
     """{label: callable} for one method; the label 'floor' is the reference pass.
     Peers get `peer_model`, a copy whose parameters require grad, as a user's
     model does (pytorch-grad-cam relies on it); ours and the floors use the
     frozen model, as the CLI does (attribute() freezes a user's model for the
     duration of the call)."""
-    try:
-        import captum.attr as ca
-    except ImportError:
-        ca = None
+    ca = importlib.import_module("captum.attr") if installed("captum") else None
     layer_name = probe(model, x).default_layer()
     default_layer, peer_layer = model.get_submodule(layer_name), peer_model.get_submodule(layer_name)
     frozen = model
@@ -127,7 +131,8 @@ def classification_variants(name, model, peer_model, x, t, args) -> dict[str, Ca
                 nt_samples_batch_size=max(1, 8 // x.shape[0]))
     if name == "cam":
         v["floor"] = lambda: forward(frozen, x, t)
-        v["torch-cam"] = lambda: torchcam_run("CAM", model, x, t, args)
+        if installed("torchcam"):
+            v["torch-cam"] = lambda: torchcam_run("CAM", model, x, t, args)
     if name == "grad-cam":
         v["floor"] = lambda: fwd_bwd_layer(frozen, x, t, default_layer)
         v["fwd+bwd to input"] = lambda: fwd_bwd(frozen, x, t)
@@ -135,8 +140,10 @@ def classification_variants(name, model, peer_model, x, t, args) -> dict[str, Ca
             v["captum"] = lambda: ca.LayerAttribution.interpolate(
                 ca.LayerGradCam(model, peer_layer).attribute(x, target=t, relu_attributions=True),
                 tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        v["pytorch-grad-cam"] = lambda: pytorch_grad_cam_run(model, x, t, peer_layer)
-        v["torch-cam"] = lambda: torchcam_run("GradCAM", model, x, t, args)
+        if installed("pytorch_grad_cam"):
+            v["pytorch-grad-cam"] = lambda: pytorch_grad_cam_run(model, x, t, peer_layer)
+        if installed("torchcam"):
+            v["torch-cam"] = lambda: torchcam_run("GradCAM", model, x, t, args)
     return v
 
 
