@@ -341,6 +341,11 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
     return work
 
 
+def _photo_bytes(it: dict) -> int:
+    """Memory of the decoded photo an item carries for its overlays."""
+    return 0 if it["original"] is None else it["original"].numel()
+
+
 def _class_caption(record: dict[str, Any], rel: str | None) -> str:
     """Grid subtitle: the photo's top-1, or the class a map explains."""
     if rel is None:
@@ -477,7 +482,8 @@ class _ClassifyStep(_Step):
                     jobs.append(partial(self.png, name, files["png"], host[name][i], it, panels))
             if self.cfg.output.grid:
                 jobs.append(self.grid_job(record, it, panels, partial(_class_caption, record)))
-            self.writer.submit(record, jobs)
+            held = sum(host[name][i].nbytes for name in work.methods)
+            self.writer.submit(record, jobs, nbytes=_photo_bytes(it) + held)
 
 class _DetectStep(_Step):
     def __init__(self, *args, progress: Callable[[int], None]):
@@ -492,16 +498,17 @@ class _DetectStep(_Step):
             image = image.to(self.device, non_blocking=True).float() / 255.0
             record = self.base_record(work, it)
             record["seconds"] = {"decode": round(it["decode_seconds"], 5)}
-            jobs, panels = [], {}
+            jobs, panels, held = [], {}, _photo_bytes(it)
             for name in work.methods:
                 t0 = time.perf_counter()
                 explained = registry.get(name).compute(self.detector, image, self.target, self.params[name],
                                                        self.progress)
                 record["seconds"][name] = round(time.perf_counter() - t0, 5)
                 jobs += self._outputs(name, explained, image.shape[-2:], it, work, record, panels)
+                held += explained.maps.numel() * 4  # float32 on the host
             if self.cfg.output.grid:
                 jobs.append(self.grid_job(record, it, panels, partial(_detection_caption, record)))
-            self.writer.submit(record, jobs)
+            self.writer.submit(record, jobs, nbytes=held)
 
     def _outputs(self, name, explained, input_size, it, work, record, panels) -> list:
         dets = explained.detections.to(torch.device("cpu"))

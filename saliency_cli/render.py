@@ -99,13 +99,27 @@ def render_heatmap(
     right, bottom = min(width, int(round(box[2]))), min(height, int(round(box[3])))
     unit = to_unit(values, style, percentile)
     unit = np.asarray(Image.fromarray(unit, mode="F").resize((right - left, bottom - top), Image.BILINEAR))
-    heat = colorize(unit, DIVERGING if style == "signed" else colormap)
+    colors = DIVERGING if style == "signed" else colormap
     if original is None:
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
-        canvas[top:bottom, left:right] = heat
+        canvas[top:bottom, left:right] = colorize(unit, colors)
         return Image.fromarray(canvas, "RGB")
     canvas = np.array(original, dtype=np.uint8, copy=True)
-    blended = canvas[top:bottom, left:right].astype(np.float32)  # in-place float math: few temporaries
+    band = max(1, _BAND_PIXELS // max(1, right - left))  # rows at a time: float temporaries stay small
+    for y in range(0, bottom - top, band):
+        region = canvas[top + y:min(bottom, top + y + band), left:right]
+        region[...] = _blend(region, unit[y:y + band], colors, style, alpha, weighted)
+    return Image.fromarray(canvas, "RGB")
+
+
+_BAND_PIXELS = 1 << 20  # a 24-megapixel overlay blends in ~1-megapixel bands, not all at once
+
+
+def _blend(photo: np.ndarray, unit: np.ndarray, colormap: str, style: Style, alpha: float,
+           weighted: bool) -> np.ndarray:
+    """The heatmap of `unit` over `photo` (uint8 [h,w,3]), as uint8."""
+    heat = colorize(unit, colormap)
+    blended = photo.astype(np.float32)  # in-place float math: few temporaries
     if weighted:
         strength = (np.abs(2 * unit - 1) if style == "signed" else unit)[..., None]
         blended *= (1 - alpha) * (1 - strength)
@@ -114,8 +128,7 @@ def render_heatmap(
         blended *= 1 - alpha
         blended += heat * np.float32(alpha)
     blended += 0.5
-    canvas[top:bottom, left:right] = np.clip(blended, 0, 255, out=blended).astype(np.uint8)
-    return Image.fromarray(canvas, "RGB")
+    return np.clip(blended, 0, 255, out=blended).astype(np.uint8)
 
 
 def draw_detection(image: Image.Image, box: tuple[float, float, float, float], text: str) -> Image.Image:

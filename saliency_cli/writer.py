@@ -41,6 +41,10 @@ TMP_DIR = ".tmp"
 # 135 ms / 383 KiB for PIL's default level 6. Overlays of photos compress little.
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = 3  # zlib Z_RLE
+# memory that queued images (their photos for the overlays, their maps) may
+# hold before the run waits for the writer: 24 queued 24-megapixel photos
+# would otherwise hold 1.7 GiB
+MAX_PENDING_BYTES = 512 * 2**20
 
 
 def output_files(key: str, method: str, *, png: bool, npy: bool) -> dict[str, str]:
@@ -55,7 +59,8 @@ def output_files(key: str, method: str, *, png: bool, npy: bool) -> dict[str, st
 
 class Writer:
     def __init__(self, out_dir: Path, *, threads: int | None = None, manifest: str = MANIFEST,
-                 on_record: Callable[[dict[str, Any]], None] | None = None):
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 max_pending_bytes: int = MAX_PENDING_BYTES):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         # each process its own temporary folder: shards share OUT; a killed run's leftovers go
@@ -64,8 +69,10 @@ class Writer:
         self.tmp.mkdir(parents=True)
         threads = threads or min(8, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="saliency-writer")
-        self.max_pending = 4 * threads + 16  # bounds memory held by queued maps
-        self.pending: deque[Future] = deque()
+        # queued images hold their photo and maps: bounded in number and in bytes
+        self.max_pending, self.max_pending_bytes = 4 * threads + 16, max_pending_bytes
+        self.pending: deque[tuple[Future, int]] = deque()
+        self.pending_bytes = 0
         self.manifest_path = self.out / manifest
         self.on_record = on_record
         self.counts = {"ok": 0, "error": 0}
@@ -91,11 +98,18 @@ class Writer:
 
     # -- records
 
-    def submit(self, record: dict[str, Any], jobs: list[Callable[[], None]] = ()) -> None:
+    def submit(self, record: dict[str, Any], jobs: list[Callable[[], None]] = (), nbytes: int = 0) -> None:
         """Run an image's file jobs in the background; its manifest record is
-        appended once they all finished (status 'error' if one failed)."""
-        self.pending.append(self.pool.submit(self._run_jobs, record, list(jobs)))
-        self._commit(block=len(self.pending) > self.max_pending)
+        appended once they all finished (status 'error' if one failed).
+        `nbytes`: memory the jobs hold until they are done (photo, maps);
+        the caller waits while too much is queued."""
+        self.pending.append((self.pool.submit(self._run_jobs, record, list(jobs)), nbytes))
+        self.pending_bytes += nbytes
+        self._commit(block=self._full())
+
+    def _full(self) -> bool:
+        return len(self.pending) > self.max_pending or (
+            len(self.pending) > 1 and self.pending_bytes > self.max_pending_bytes)
 
     @staticmethod
     def _run_jobs(record: dict[str, Any], jobs: list[Callable[[], None]]) -> dict[str, Any]:
@@ -108,10 +122,11 @@ class Writer:
         return record
 
     def _commit(self, block: bool) -> None:
-        while self.pending and (block or self.pending[0].done()):
-            record = self.pending.popleft().result()
-            self._append(record)
-            block = block and len(self.pending) > self.max_pending
+        while self.pending and (block or self.pending[0][0].done()):
+            future, nbytes = self.pending.popleft()
+            self.pending_bytes -= nbytes
+            self._append(future.result())
+            block = block and self._full()
 
     def _append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -132,7 +147,7 @@ class Writer:
         stopped = None
         while self.pending:
             try:
-                self._append(self.pending.popleft().result())
+                self._append(self.pending.popleft()[0].result())
             except KeyboardInterrupt as exc:  # raised by on_record after the line was written: flush the rest
                 stopped = stopped or exc
         shutil.rmtree(self.tmp, ignore_errors=True)

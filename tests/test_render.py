@@ -43,3 +43,21 @@ def test_overlay_at_original_size_only_inside_the_box():
     bare = np.asarray(render_heatmap(values, style="positive", colormap="gray", size=(60, 40),
                                      box=(0, 0, 60, 40)))
     assert (bare == 255).all()
+
+
+@pytest.mark.parametrize(("style", "weighted"), [("positive", True), ("signed", True), ("minmax", False)])
+def test_banded_blending_equals_blending_at_once(monkeypatch, style, weighted):
+    """Large photos blend a band of rows at a time; the pixels must not change."""
+    import saliency_cli.render as render
+
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 256, (97, 130, 3), dtype=np.uint8)
+    values = rng.standard_normal((16, 16)).astype(np.float32)
+    kwargs = dict(style=style, colormap="jet", size=(130, 97), box=(3.0, 5.0, 127.0, 90.0), original=original,
+                  alpha=0.4, weighted=weighted)
+    whole = np.asarray(render_heatmap(values, **kwargs))
+    monkeypatch.setattr(render, "_BAND_PIXELS", 7 * 124)  # 7 rows per band, the last one short
+    banded = np.asarray(render_heatmap(values, **kwargs))
+    assert np.array_equal(banded, whole)
+    assert (banded[:5] == original[:5]).all() and (banded[90:] == original[90:]).all()  # outside the box
+    assert not (banded[5:90, 3:127] == original[5:90, 3:127]).all()

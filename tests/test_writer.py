@@ -80,3 +80,22 @@ def test_finished_methods_need_every_expected_file(tmp_path):
     assert finished_methods(tmp_path, {**record, "status": "error"}, expected) == set()
     assert finished_methods(tmp_path, record, {"smoothgrad": output_files("img", "smoothgrad", png=True,
                                                                           npy=False)}) == set()
+
+
+def test_queued_images_are_bounded_in_bytes(tmp_path):
+    """Big photos held for their overlays: a submit waits while more than
+    max_pending_bytes are queued (one image alone never waits)."""
+    import threading
+
+    writer = Writer(tmp_path, threads=2, max_pending_bytes=100)
+    release = threading.Event()
+    writer.submit({"key": "a", "status": "ok"}, [lambda: release.wait(10)], nbytes=80)  # alone: no wait
+    second = threading.Thread(target=writer.submit, args=({"key": "b", "status": "ok"}, [], 80))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "160 bytes queued: the second submit must wait for the first image"
+    release.set()
+    second.join(10)
+    assert not second.is_alive() and writer.pending_bytes <= 80
+    writer.close()
+    assert [r["key"] for r in map(json.loads, (tmp_path / MANIFEST).read_text().splitlines())] == ["a", "b"]
