@@ -289,7 +289,9 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
+        # each worker keeps 2 batches ready (PyTorch's default): 8 batches ahead of the device with
+        # 4 workers, all in shared memory, which a container often limits to 64 MB
+        prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )
 

@@ -237,6 +237,13 @@ def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str,
     except KeyboardInterrupt as exc:
         summary.interrupted = interrupt_code(exc)
         log.warning("interrupted: finishing the images already computed, then stopping")
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise SaliencyError(
+            f"a decoding worker process died ({exc}). In a container this is usually too small a "
+            "/dev/shm: give it more (docker run --shm-size=1g) or decode in this process with "
+            "--set runtime.workers=0. Finished images are kept; a rerun goes on from there") from exc
     finally:
         bar.close()
         _close(writer, summary)

@@ -215,6 +215,34 @@ def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     assert_outputs_intact(out)
 
 
+def test_a_dead_decoding_worker_is_explained_and_loses_nothing(tmp_path):
+    """A worker killed by SIGBUS, as when a container's /dev/shm is full:
+    one clear line (exit 2) that names the fixes; finished images stay."""
+    out = tmp_path / "out"
+    dying = (
+        "import os, signal, torch\n"
+        "from saliency_cli import data\n"
+        "decode = data.ImageDataset.__getitem__\n"
+        "def __getitem__(self, index):\n"
+        "    if torch.utils.data.get_worker_info() is not None and index == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGBUS)\n"
+        "    return decode(self, index)\n"
+        "data.ImageDataset.__getitem__ = __getitem__\n"
+        "from saliency_cli.cli import app\n"
+        f"app(['explain', {str(SAMPLES)!r}, '-o', {str(out)!r}, '-m', 'gradient', '--batch-size', '1',"
+        " '--set', 'runtime.workers=2'])\n")
+    proc = subprocess.run([sys.executable, "-c", dying], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "decoding worker process died" in proc.stderr and "runtime.workers=0" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    if (out / "manifest.jsonl").exists():
+        assert all(r["status"] == "ok" for r in records(out))
+        assert_outputs_intact(out)
+    rerun = saliency("explain", str(SAMPLES), "-o", str(out), "-m", "gradient", "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(r["key"] for r in records(out)) == ["astronaut", "chelsea", "coffee", "rocket"]
+
+
 def test_paths_from_stdin_never_escape_out(tmp_path):
     work = tmp_path / "deep" / "er"
     work.mkdir(parents=True)
