@@ -46,6 +46,14 @@ def test_shapes_and_finiteness(name):
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_maps_are_float32_whatever_the_input_dtype(name, dtype):
+    model = seeded(TinyCNN(), 0).eval().to(dtype)
+    maps = sal.attribute(model, torch.randn(2, 3, 12, 10, dtype=dtype), name, **params(name))
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_batch_of_two_equals_two_single_calls(name):
     model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(2, 3, 12, 10)

@@ -85,6 +85,7 @@ class Method:
             result = self.compute(model, images, targets, params)
         if self.pixel_space:
             result.maps = reduce_channels(result.maps, params.reduce)
+        result.maps = result.maps.float()  # float32 whatever the input's (or autocast's) dtype
         return result
 
 
