@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import PreprocessConfig
 from .errors import InputError, SaliencyError
+from .writer import TMP_DIR
 
 log = logging.getLogger("saliency")
 
@@ -107,9 +108,18 @@ def _relative_to_cwd(path: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath("input")
 
 
+def _unreserved(rel: PurePosixPath) -> PurePosixPath:
+    """Outputs of an input under a folder named .tmp go to _tmp/: OUT/.tmp is
+    the writer's, emptied at the end of every run."""
+    if rel.parts and rel.parts[0] == TMP_DIR:
+        return PurePosixPath("_tmp", *rel.parts[1:])
+    return rel
+
+
 def _assign_keys(found: list[tuple[str, PurePosixPath]]) -> list[InputItem]:
     """Keys are paths without suffix; inputs that would share one (a.jpg next
     to a.png) keep their suffix instead, and any remaining clash gets -2, -3."""
+    found = [(path, _unreserved(rel)) for path, rel in found]
     stems = [str(rel.with_suffix("")) if rel.suffix else str(rel) for _, rel in found]
     counts: dict[str, int] = {}
     for stem in stems:

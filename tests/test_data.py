@@ -52,6 +52,14 @@ def test_stdin_keeps_order_and_stays_inside_out(tmp_path, monkeypatch):
     assert keys[2] == "__/__/x"
 
 
+def test_inputs_under_a_tmp_folder_stay_out_of_the_writers_tmp(tmp_path):
+    """OUT/.tmp is emptied at the end of every run: no output may land there."""
+    make_png(tmp_path / ".tmp" / "manifest" / "x.png")
+    make_png(tmp_path / "other" / ".tmp" / "y.png")  # deeper down it is harmless
+    keys = [i.key for i in discover([str(tmp_path)]).items]
+    assert keys == ["_tmp/manifest/x", "other/.tmp/y"]
+
+
 def test_missing_argument_is_an_error(tmp_path):
     with pytest.raises(SaliencyError, match="no such file or folder"):
         discover([str(tmp_path / "missing")])
