@@ -189,7 +189,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise SaliencyError(f"config {str(path)!r} is not valid YAML: {exc}") from exc
+            raise SaliencyError(f"config {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -201,6 +201,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         return from_mapping(Config, data, "")
     except SaliencyError as exc:
         raise SaliencyError(f"config: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (PyYAML's own text spans several
+    lines, with a caret under the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -104,6 +104,8 @@ def call_factory(spec: str, kwargs: Mapping[str, Any]) -> Any:
         return obj(**dict(kwargs))
     except TypeError as exc:
         raise SaliencyError(f"model.factory {spec}: {exc}") from exc
+    except Exception as exc:  # the user's code failed: say where, not "internal error"
+        raise SaliencyError(f"model.factory {spec} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _import_file(path: Path) -> Any:

@@ -313,7 +313,11 @@ def _num_classes(model: Any, cfg: Config, device: torch.device) -> int | None:
     if cfg.task == "detection":
         return num_classes(model) if isinstance(model, nn.Module) else None
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, *cfg.preprocess.size, device=device))
+        try:
+            out = model(torch.zeros(1, 3, *cfg.preprocess.size, device=device))
+        except Exception as exc:  # every image would fail alike: say it once
+            raise SaliencyError(f"the model cannot run on a 1x3x{cfg.preprocess.size[0]}x{cfg.preprocess.size[1]} "
+                                f"input (preprocess.size): {type(exc).__name__}: {exc}") from exc
     return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 

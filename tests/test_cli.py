@@ -130,6 +130,22 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("saliency: error: ") and message in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ("raise RuntimeError('weights not found')", "model.factory {file}:build raised RuntimeError: weights not found"),
+    ("return torch.nn.Linear(5, 3)", "the model cannot run on a 1x3x224x224 input (preprocess.size): RuntimeError"),
+])
+def test_a_broken_model_is_one_line_with_exit_code_2(tmp_path, body, message):
+    """The user's factory or model fails: their error, said once, not 'internal error'."""
+    factory = tmp_path / "models.py"
+    factory.write_text(f"import torch\n\ndef build():\n    {body}\n")
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(tmp_path / "o"), "-q",
+                    "--set", f"model.factory={factory}:build")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(file=factory) in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-m", "nope", "--debug", "-o", str(tmp_path))
     assert proc.returncode == 2 and "Traceback" in proc.stderr

@@ -65,6 +65,13 @@ def test_factory_errors():
         load_model(ModelConfig(factory="saliency_cli.models"))
 
 
+def test_a_factory_that_raises_is_a_config_error(tmp_path):
+    source = tmp_path / "broken.py"
+    source.write_text("def build():\n    raise RuntimeError('weights not found')\n")
+    with pytest.raises(SaliencyError, match="broken.py:build raised RuntimeError: weights not found"):
+        load_model(ModelConfig(factory=f"{source}:build"))
+
+
 def test_unknown_architecture_suggests():
     with pytest.raises(SaliencyError, match="unknown torchvision model 'resnet5'.*'resnet50'"):
         load_model(ModelConfig(arch="resnet5"))
