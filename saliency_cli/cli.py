@@ -124,7 +124,8 @@ def _config(config: Path | None, sets: list[str] | None) -> Config:
     "  find data -name '*.jpg' | saliency explain - -o out --quiet --jsonl > records.jsonl\n\n"
     "Outputs: OUT/<relative path without suffix>/<method>.png (heatmap over the photo) and "
     ".npy (raw float32 map at model-input size), plus OUT/manifest.jsonl (one record per image). "
-    "A rerun skips finished images. Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
+    "A rerun skips finished images (and redoes maps made with other settings). "
+    "Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
     "config, 3 internal error, 130/143 interrupted, 141 --jsonl reader gone.",
 )
 @_handle_errors

@@ -9,6 +9,9 @@ on the device. Rendering and writing happen on the writer's threads.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -91,6 +94,7 @@ class _Work:
     item: InputItem
     methods: list[str]  # methods still to compute for this image
     previous: dict[str, Any] = field(default_factory=dict)  # outputs kept from earlier runs
+    settings: dict[str, str] = field(default_factory=dict)  # settings digest of every method in the record
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -155,7 +159,7 @@ def run(
     params = {name: cfg.method_params(name) for name in names}  # validates before any work
     out_dir = Path(out_dir)
     items = _inputs(paths, stdin, shard)
-    work = _plan(items, names, out_dir, cfg, overwrite)
+    work = _plan(items, {name: settings_digest(cfg, params[name]) for name in names}, out_dir, cfg, overwrite)
     summary = RunSummary(found=len(items), skipped=len(items) - len(work))
     if summary.skipped:
         log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
@@ -329,18 +333,39 @@ def _expected_files(key: str, name: str, cfg: Config) -> dict[str, str]:
     return output_files(key, name, png=cfg.output.png, npy=cfg.output.npy)
 
 
-def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
+def settings_digest(cfg: Config, params: Any) -> str:
+    """What one method's outputs depend on, hashed: the model (and its
+    checkpoint file's size and time), preprocessing, target, seed, --amp, the
+    method's parameters and how its PNG is drawn. A rerun into the same
+    folder redoes the methods whose digest changed."""
+    model = dataclasses.asdict(cfg.model)
+    if cfg.model.checkpoint and os.path.isfile(cfg.model.checkpoint):
+        stat = os.stat(cfg.model.checkpoint)
+        model["checkpoint_file"] = [stat.st_size, stat.st_mtime_ns]
+    out = cfg.output
+    settings = {"model": model, "preprocess": dataclasses.asdict(cfg.preprocess), "target": cfg.runtime.target,
+                "seed": cfg.runtime.seed, "amp": cfg.runtime.amp, "params": dataclasses.asdict(params),
+                "png": [out.overlay, out.alpha, out.colormap, out.clip_percentile]}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, cfg: Config,
           overwrite: bool) -> list[_Work]:
-    """Which methods each image still needs (all of them with --overwrite)."""
+    """Which methods each image still needs: those without all their files,
+    or made with other settings (all of them with --overwrite)."""
     previous = {} if overwrite else read_manifest(out_dir)
-    work = []
+    names, work, changed = list(digests), [], 0
     for item in items:
         record = previous.get(item.key)
         done: set[str] = set()
         # without its grid the image is redone whole: the grid shows every method together
         if not cfg.output.grid or (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
             done = finished_methods(out_dir, record, {n: _expected_files(item.key, n, cfg) for n in names})
-        todo = [n for n in names if n not in done]
+        made_with = (record or {}).get("settings", {})
+        stale = {n for n in done if made_with.get(n, digests[n]) != digests[n]}  # older records: no digest
+        changed += bool(stale)
+        todo = [n for n in names if n not in done or n in stale]
         if todo:
             # outputs of other methods from earlier runs stay part of the image's record
             # (files of methods in `done` were just checked)
@@ -348,7 +373,11 @@ def _plan(items: list[InputItem], names: list[str], out_dir: Path, cfg: Config,
             kept = {n: f for n, f in (record or {}).get("outputs", {}).items()
                     if ok and n not in todo
                     and (n in done or all((out_dir / rel).is_file() for rel in recorded_files(f)))}
-            work.append(_Work(item, todo, kept))
+            settings = {n: made_with[n] for n in kept if n in made_with} | {n: digests[n] for n in todo}
+            work.append(_Work(item, todo, kept, settings))
+    if changed:
+        log.info("%d image(s) in %s have maps made with other settings (model, preprocessing, target, seed, "
+                 "method parameters or PNG style): redoing those maps", changed, out_dir)
     return work
 
 
@@ -404,7 +433,7 @@ class _Step:
 
     def base_record(self, work: _Work, it: dict) -> dict[str, Any]:
         return {"input": work.item.path, "key": work.item.key, "status": "ok", "size": list(it["size"]),
-                "outputs": dict(work.previous)}
+                "outputs": dict(work.previous), "settings": dict(work.settings)}
 
     def png(self, name: str, rel: str, values: np.ndarray, it: dict, panels: dict,
             detection: tuple[list[float], str] | None = None) -> None:

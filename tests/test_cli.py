@@ -88,6 +88,34 @@ def test_a_new_method_only_computes_that_method(demo_copy):
     assert set(latest["chelsea"]["seconds"]) == {"decode", "deconvnet"}
 
 
+def test_changed_settings_redo_only_the_affected_maps(demo_copy):
+    """A rerun with other method parameters (or PNG style) must not keep maps
+    made with the old ones; untouched methods stay as they are."""
+    x_input = (demo_copy / "chelsea/gradient-x-input.npy").stat().st_mtime_ns
+    cmd = ("explain", str(SAMPLES), "-m", "gradient", "-m", "gradient-x-input", "-o", str(demo_copy))
+    proc = saliency(*cmd, "--set", "methods.gradient.reduce=sum-abs")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 image(s) in" in proc.stderr and "made with other settings" in proc.stderr
+    latest = {r["key"]: r for r in records(demo_copy)}
+    assert set(latest["chelsea"]["seconds"]) == {"decode", "gradient"}  # only gradient was redone
+    assert (demo_copy / "chelsea/gradient-x-input.npy").stat().st_mtime_ns == x_input
+    assert set(latest["chelsea"]["outputs"]) == set(latest["chelsea"]["settings"]) == {"gradient", "gradient-x-input"}
+    again = saliency(*cmd, "--set", "methods.gradient.reduce=sum-abs")
+    assert again.returncode == 0 and "4 of 4 image(s) already done" in again.stderr
+    restyled = saliency(*cmd, "--set", "methods.gradient.reduce=sum-abs", "--colormap", "viridis")
+    assert restyled.returncode == 0 and "made with other settings" in restyled.stderr
+
+
+def test_records_without_settings_count_as_done(demo_copy):
+    """Output folders from before settings were recorded are not redone."""
+    manifest = demo_copy / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "settings"}) + "\n" for r in lines))
+    proc = saliency("explain", str(SAMPLES), "-m", "gradient", "-m", "gradient-x-input", "-o", str(demo_copy),
+                    "--set", "methods.gradient.reduce=sum-abs")
+    assert proc.returncode == 0 and "4 of 4 image(s) already done" in proc.stderr
+
+
 def test_overwrite_recomputes(demo_copy):
     old = (demo_copy / "coffee/gradient.png").stat().st_mtime_ns
     proc = saliency("explain", str(SAMPLES / "coffee.png"), "-m", "gradient", "-o", str(demo_copy),
