@@ -47,13 +47,15 @@ class Discovery:
 # ------------------------------------------------------------------ discovery
 
 
-def discover(args: Sequence[str], stdin: Iterable[str] | None = None) -> Discovery:
+def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: Path | None = None) -> Discovery:
     """Expand the command-line PATH arguments into a list of images.
 
     A folder is walked recursively in sorted order (following symlinks, each
     real folder once); `-` reads one path per line from stdin, in order. With
     one folder argument outputs mirror the tree inside it; with several
     arguments each output tree starts with the argument's own name.
+    `exclude` (the output folder) is not walked: a rerun must not explain
+    its own PNGs. A file named twice is explained once.
     """
     found: list[tuple[str, PurePosixPath]] = []
     skipped: list[str] = []
@@ -69,7 +71,7 @@ def discover(args: Sequence[str], stdin: Iterable[str] | None = None) -> Discove
         root = Path(arg)
         if root.is_dir():
             prefix = PurePosixPath(_safe_name(root)) if several else PurePosixPath()
-            for path in _walk(root):
+            for path in _walk(root, exclude):
                 rel = PurePosixPath(*path.relative_to(root).parts)
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((str(path), prefix / rel))
@@ -79,21 +81,35 @@ def discover(args: Sequence[str], stdin: Iterable[str] | None = None) -> Discove
             found.append((arg, PurePosixPath(root.name)))
         else:
             raise SaliencyError(f"no such file or folder: {arg!r}")
-    return Discovery(_assign_keys(found), skipped)
+    return Discovery(_assign_keys(_once(found)), skipped)
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, exclude: Path | None = None) -> list[Path]:
     files: list[Path] = []
     seen: set[str] = set()
+    skip = os.path.realpath(exclude) if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop or a second link to the same folder
+        if real in seen or real == skip:  # a symlink loop, a second link to one folder, the output folder
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames.sort()
         files.extend(Path(dirpath) / name for name in filenames)
     return sorted(files, key=lambda p: p.relative_to(root).parts)
+
+
+def _once(found: list[tuple[str, PurePosixPath]]) -> list[tuple[str, PurePosixPath]]:
+    """The first mention of each file (by its real path); missing ones stay,
+    to be reported when decoded."""
+    seen: set[str] = set()
+    kept = []
+    for path, rel in found:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            kept.append((path, rel))
+    return kept
 
 
 def _safe_name(root: Path) -> str:

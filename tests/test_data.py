@@ -145,3 +145,11 @@ def test_default_workers_leave_torch_its_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert default_workers("cpu") == 4 and default_workers("cuda") == 4
+
+
+def test_the_output_folder_is_not_walked_and_a_file_named_twice_is_explained_once(tmp_path):
+    make_png(tmp_path / "in" / "a.png")
+    make_png(tmp_path / "in" / "out" / "a" / "gradient.png")  # an earlier run's output, inside the input
+    assert [i.key for i in discover([str(tmp_path / "in")], exclude=tmp_path / "in" / "out").items] == ["a"]
+    twice = [str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / ".." / "in" / "a.png")]
+    assert [i.path for i in discover(twice).items] == twice[:1]
