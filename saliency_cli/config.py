@@ -197,6 +197,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         data = loaded
     for item in overrides:
         apply_override(data, item)
+    model = data.get("model")
+    if path is None and isinstance(model, dict) and not ({"arch", "factory"} & model.keys()
+                                                         or model.get("trust_checkpoint")):
+        # `--set model.checkpoint=...` on the built-in default: the default model, not none
+        data["model"] = {"factory": Config().model.factory, **model}
     try:
         return from_mapping(Config, data, "")
     except SaliencyError as exc:

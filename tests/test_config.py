@@ -97,3 +97,11 @@ def test_yaml_is_read_safely(tmp_path):
     path = write(tmp_path, "labels: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(SaliencyError, match="not valid YAML"):
         load_config(path)
+
+
+def test_set_on_the_built_in_model_keeps_it_unless_it_names_another():
+    assert load_config(None, ["model.trust_checkpoint=false"]).model.factory == Config().model.factory
+    checkpoint = load_config(None, ["model.checkpoint=weights.pt"]).model
+    assert (checkpoint.factory, checkpoint.checkpoint) == (Config().model.factory, "weights.pt")
+    other = load_config(None, ["model.arch=resnet18"]).model  # another model: the default's factory goes
+    assert (other.arch, other.factory) == ("resnet18", None)
