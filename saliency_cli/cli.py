@@ -164,8 +164,8 @@ def explain(
     amp: Annotated[bool, typer.Option("--amp", help="Autocast classifiers to bfloat16: faster where "
                    "the hardware has bfloat16 units; CAM maps barely change, raw gradients do "
                    "(see README).")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first input that "
-                         "fails (exit code 1) instead of recording it and going on.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop after the batch in which an "
+                         "input first fails (exit code 1) instead of recording it and going on.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Process only "
                      "shard K (0..N-1) of N of the sorted inputs; under torchrun the run shards "
                      "itself by RANK/WORLD_SIZE. The last shard to finish merges the manifests.",
@@ -200,12 +200,13 @@ def explain(
         shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     if summary.interrupted:
+        # shown with --quiet too, except when a --jsonl reader left (141): quiet, as on SIGPIPE
+        say = log.info if summary.interrupted == 141 else log.warning
         if summary.remaining:
-            print(f"saliency: interrupted after {summary.ok} image(s), {summary.remaining} left; "
-                  "rerun the same command to finish", file=sys.stderr)
+            say("interrupted after %d image(s), %d left; rerun the same command to finish",
+                summary.ok, summary.remaining)
         else:  # the signal (or the reader's exit) came after the last image
-            print(f"saliency: interrupted after the last image; nothing is left to do in {out}",
-                  file=sys.stderr)
+            say("interrupted after the last image; nothing is left to do in %s", out)
         raise typer.Exit(summary.exit_code)
     done = f"{summary.ok} image(s) written to {out}"
     if summary.skipped:

@@ -158,7 +158,9 @@ def run(
     names = _method_names(cfg, methods)
     params = {name: cfg.method_params(name) for name in names}  # validates before any work
     out_dir = Path(out_dir)
-    items = _inputs(paths, stdin, shard)
+    _check_out_dir(out_dir)
+    resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
+    items = _inputs(paths, stdin, shard, out_dir)
     work = _plan(items, {name: settings_digest(cfg, params[name]) for name in names}, out_dir, cfg, overwrite)
     summary = RunSummary(found=len(items), skipped=len(items) - len(work))
     if summary.skipped:
@@ -187,9 +189,22 @@ def _method_names(cfg: Config, methods: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None) -> list[InputItem]:
-    """The images found under `paths` (this shard's share of them)."""
-    found = discover(paths, stdin)
+def _check_out_dir(out_dir: Path) -> None:
+    """OUT must be a folder we can write in (or one we can create): say so
+    before the model loads, not as an internal error at the first write."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SaliencyError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SaliencyError(f"--out {str(out_dir)!r}: no permission to write in {str(existing)!r}")
+
+
+def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None,
+            out_dir: Path) -> list[InputItem]:
+    """The images found under `paths` (this shard's share of them), outside OUT."""
+    found = discover(paths, stdin, exclude=out_dir)
     if found.skipped:
         log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)",
                  len(found.skipped), found.skipped[0])
@@ -219,7 +234,10 @@ def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str,
                            keep_original=cfg.output.png and (cfg.output.overlay or cfg.output.grid))
     loader = make_loader(dataset, batch_size=1 if detection else cfg.runtime.batch_size,
                          workers=cfg.runtime.workers, device_type=device.type)
-    writer = open_writer()
+    try:
+        writer = open_writer()
+    except OSError as exc:  # what _check_out_dir could not foresee (a read-only mount, a full disk)
+        raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc
     args = (cfg, model, device, params, labels, target, writer, work)
     if detection:
         masks = sum(params[n].num_masks for n in names)
@@ -240,7 +258,9 @@ def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str,
                 break
     except KeyboardInterrupt as exc:
         summary.interrupted = interrupt_code(exc)
-        log.warning("interrupted: finishing the images already computed, then stopping")
+        # a --jsonl reader that left (exit 141) is routine in pipelines: no warning, as on SIGPIPE
+        log.log(logging.INFO if summary.interrupted == 141 else logging.WARNING,
+                "interrupted: finishing the images already computed, then stopping")
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise
@@ -353,14 +373,17 @@ def settings_digest(cfg: Config, params: Any) -> str:
 def _plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, cfg: Config,
           overwrite: bool) -> list[_Work]:
     """Which methods each image still needs: those without all their files,
-    or made with other settings (all of them with --overwrite)."""
-    previous = {} if overwrite else read_manifest(out_dir)
+    or made with other settings (all of them with --overwrite). Outputs of
+    other methods from earlier runs stay in the image's new record."""
+    previous = read_manifest(out_dir)
     names, work, changed = list(digests), [], 0
     for item in items:
         record = previous.get(item.key)
         done: set[str] = set()
         # without its grid the image is redone whole: the grid shows every method together
-        if not cfg.output.grid or (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
+        if overwrite:
+            pass
+        elif not cfg.output.grid or (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
             done = finished_methods(out_dir, record, {n: _expected_files(item.key, n, cfg) for n in names})
         made_with = (record or {}).get("settings", {})
         stale = {n for n in done if made_with.get(n, digests[n]) != digests[n]}  # older records: no digest
@@ -544,6 +567,9 @@ class _DetectStep(_Step):
                 explained = registry.get(name).compute(self.detector, image, self.target, self.params[name],
                                                        self.progress)
                 record["seconds"][name] = round(time.perf_counter() - t0, 5)
+                if not len(explained.detections):
+                    log.info("%s: %s found no detection with score >= %s to explain", work.item.path, name,
+                             self.params[name].score_threshold)
                 jobs += self._outputs(name, explained, image.shape[-2:], it, work, record, panels)
                 held += explained.maps.numel() * 4  # float32 on the host
             if self.cfg.output.grid:

@@ -122,7 +122,17 @@ def test_overwrite_recomputes(demo_copy):
                     "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert (demo_copy / "coffee/gradient.png").stat().st_mtime_ns != old
-    assert [r["key"] for r in records(demo_copy)][-1] == "coffee"
+    latest = records(demo_copy)[-1]
+    assert latest["key"] == "coffee"
+    assert set(latest["outputs"]) == {"gradient", "gradient-x-input"}  # the other method's files are still listed
+
+
+def test_an_output_folder_that_is_a_file_is_a_usage_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(out), "-q")
+        assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_stdin_jsonl_and_a_bad_file(tmp_path):

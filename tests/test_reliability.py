@@ -327,7 +327,7 @@ def test_the_interrupt_message_says_whether_a_rerun_is_needed(tmp_path, ok, mess
     final flush) must not send the user to rerun a finished job."""
     fake = (f"from saliency_cli import pipeline; from saliency_cli.cli import app; "
             f"pipeline.run = lambda *a, **k: pipeline.RunSummary(found=5, skipped=1, ok={ok}, interrupted=141); "
-            f"app(['explain', {str(SAMPLES)!r}, '-o', {str(tmp_path)!r}, '-q'])")
+            f"app(['explain', {str(SAMPLES)!r}, '-o', {str(tmp_path)!r}])")
     result = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, timeout=120)
     assert result.returncode == 141, result.stderr
     assert message in result.stderr and ("rerun" in result.stderr) == (ok == 3)
