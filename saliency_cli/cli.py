@@ -200,13 +200,11 @@ def explain(
         shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     if summary.interrupted:
-        # shown with --quiet too, except when a --jsonl reader left (141): quiet, as on SIGPIPE
-        say = log.info if summary.interrupted == 141 else log.warning
         if summary.remaining:
-            say("interrupted after %d image(s), %d left; rerun the same command to finish",
-                summary.ok, summary.remaining)
+            log.log(summary.stop_level, "interrupted after %d image(s), %d left; rerun the same command to finish",
+                    summary.ok, summary.remaining)
         else:  # the signal (or the reader's exit) came after the last image
-            say("interrupted after the last image; nothing is left to do in %s", out)
+            log.log(summary.stop_level, "interrupted after the last image; nothing is left to do in %s", out)
         raise typer.Exit(summary.exit_code)
     done = f"{summary.ok} image(s) written to {out}"
     if summary.skipped:

@@ -100,14 +100,15 @@ def _walk(root: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def _once(found: list[tuple[str, PurePosixPath]]) -> list[tuple[str, PurePosixPath]]:
-    """The first mention of each file (by its real path); missing ones stay,
-    to be reported when decoded."""
+    """The first mention of each path (made absolute and normalised: string
+    work, no file-system calls per image); missing ones stay, to be reported
+    when decoded."""
     seen: set[str] = set()
     kept = []
     for path, rel in found:
-        real = os.path.realpath(path)
-        if real not in seen:
-            seen.add(real)
+        absolute = os.path.abspath(path)
+        if absolute not in seen:
+            seen.add(absolute)
             kept.append((path, rel))
     return kept
 

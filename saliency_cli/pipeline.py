@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import Batch, ImageDataset, InputItem, discover, make_loader, normalize
 from .detection import as_detector, num_classes
-from .errors import SaliencyError, did_you_mean, interrupt_code
+from .errors import OutputClosed, SaliencyError, Terminated, did_you_mean, interrupt_code
 from .methods import registry
 from .models import load_model
 from .render import compose_grid, draw_detection, render_heatmap
@@ -59,7 +59,7 @@ class RunSummary:
     skipped: int = 0  # already done by an earlier run
     ok: int = 0
     failed: int = 0
-    interrupted: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
+    interrupted: int = 0  # 130 after Ctrl-C, 143 after SIGTERM, 141 when --jsonl's reader left
     stopped_early: bool = False  # --fail-fast met a failure
     seconds: float = 0.0
     merged: bool = False  # this shard merged the manifest parts
@@ -68,6 +68,12 @@ class RunSummary:
     def remaining(self) -> int:
         """Images this run was to do and did not (after an interruption or --fail-fast)."""
         return self.found - self.skipped - self.ok - self.failed
+
+    @property
+    def stop_level(self) -> int:
+        """How loudly to report an interruption: a --jsonl reader that left is
+        routine in pipelines, quiet as on SIGPIPE (shown without --quiet)."""
+        return logging.INFO if self.interrupted == OutputClosed.exit_code else logging.WARNING
 
     @property
     def exit_code(self) -> int:
@@ -159,7 +165,7 @@ def run(
     params = {name: cfg.method_params(name) for name in names}  # validates before any work
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
+    device = resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
     items = _inputs(paths, stdin, shard, out_dir)
     work = _plan(items, {name: settings_digest(cfg, params[name]) for name in names}, out_dir, cfg, overwrite)
     summary = RunSummary(found=len(items), skipped=len(items) - len(work))
@@ -169,7 +175,7 @@ def run(
     if work:
         manifest = MANIFEST if shard is None else PART.format(k=shard[0], n=shard[1])
         writer = partial(Writer, out_dir, manifest=manifest, on_record=on_record)
-        _explain(cfg, work, names, params, writer, summary, progress=progress, fail_fast=fail_fast)
+        _explain(cfg, device, work, names, params, writer, summary, progress=progress, fail_fast=fail_fast)
         summary.seconds = time.perf_counter() - start
     if not summary.interrupted and not summary.stopped_early:
         _finish(summary, out_dir, shard)
@@ -217,13 +223,12 @@ def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int,
     return items
 
 
-def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str, Any],
+def _explain(cfg: Config, device: torch.device, work: list[_Work], names: list[str], params: dict[str, Any],
              open_writer: Callable[[], Writer], summary: RunSummary, *, progress: bool, fail_fast: bool) -> None:
     """Load the model, stream the images through the methods into a writer
     (opened once the model is ready: a bad model leaves no output folder)
     and fill in `summary`'s counts."""
     detection = cfg.task == "detection"
-    device = resolve_device(cfg.runtime.device)
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = prepare_model(load_model(cfg.model), device, cfg.runtime.channels_last and not detection)
     _check_layers(model, params)
@@ -258,9 +263,7 @@ def _explain(cfg: Config, work: list[_Work], names: list[str], params: dict[str,
                 break
     except KeyboardInterrupt as exc:
         summary.interrupted = interrupt_code(exc)
-        # a --jsonl reader that left (exit 141) is routine in pipelines: no warning, as on SIGPIPE
-        log.log(logging.INFO if summary.interrupted == 141 else logging.WARNING,
-                "interrupted: finishing the images already computed, then stopping")
+        log.log(summary.stop_level, "interrupted: finishing the images already computed, then stopping")
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise
@@ -283,7 +286,7 @@ def _close(writer: Writer, summary: RunSummary) -> None:
         except KeyboardInterrupt as exc:  # --jsonl's reader left during the flush; every record is in
             summary.interrupted = summary.interrupted or interrupt_code(exc)
     if caught:
-        summary.interrupted = summary.interrupted or (143 if caught[0] == signal.SIGTERM else 130)
+        summary.interrupted = summary.interrupted or (Terminated.exit_code if caught[0] == signal.SIGTERM else 130)
 
 
 @contextmanager
@@ -379,12 +382,10 @@ def _plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, cfg: C
     names, work, changed = list(digests), [], 0
     for item in items:
         record = previous.get(item.key)
-        done: set[str] = set()
         # without its grid the image is redone whole: the grid shows every method together
-        if overwrite:
-            pass
-        elif not cfg.output.grid or (record and record.get("grid") and (out_dir / record["grid"]).is_file()):
-            done = finished_methods(out_dir, record, {n: _expected_files(item.key, n, cfg) for n in names})
+        grid_missing = cfg.output.grid and not (record and record.get("grid") and (out_dir / record["grid"]).is_file())
+        done = set() if overwrite or grid_missing else finished_methods(
+            out_dir, record, {n: _expected_files(item.key, n, cfg) for n in names})
         made_with = (record or {}).get("settings", {})
         stale = {n for n in done if made_with.get(n, digests[n]) != digests[n]}  # older records: no digest
         changed += bool(stale)
@@ -525,7 +526,7 @@ class _ClassifyStep(_Step):
         top_p, top_c = probs.topk(min(self.cfg.runtime.top_k, probs.shape[1]), dim=1)
         target_p = probs.gather(1, targets[:, None])[:, 0]
         # the only device -> host copies of the batch
-        host = {name: m.detach().float().cpu().numpy() for name, m in maps.items()}
+        host = {name: m.detach().cpu().numpy() for name, m in maps.items()}  # float32 (Method.run)
         top_p, top_c = top_p.cpu().tolist(), top_c.cpu().tolist()
         target_c, target_p = targets.cpu().tolist(), target_p.cpu().tolist()
         for i, (it, work) in enumerate(zip(batch.ok, works)):

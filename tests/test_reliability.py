@@ -215,6 +215,13 @@ def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     assert_outputs_intact(out)
 
 
+def patched_cli(patch: str, *args: str) -> subprocess.CompletedProcess:
+    """`saliency ARGS` in a fresh process after running the Python `patch`
+    (which simulates what a test cannot cause for real)."""
+    code = f"{patch}\nfrom saliency_cli.cli import app\napp({list(args)!r})\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
 def test_a_dead_decoding_worker_is_explained_and_loses_nothing(tmp_path):
     """A worker killed by SIGBUS, as when a container's /dev/shm is full:
     one clear line (exit 2) that names the fixes; finished images stay."""
@@ -227,11 +234,9 @@ def test_a_dead_decoding_worker_is_explained_and_loses_nothing(tmp_path):
         "    if torch.utils.data.get_worker_info() is not None and index == 2:\n"
         "        os.kill(os.getpid(), signal.SIGBUS)\n"
         "    return decode(self, index)\n"
-        "data.ImageDataset.__getitem__ = __getitem__\n"
-        "from saliency_cli.cli import app\n"
-        f"app(['explain', {str(SAMPLES)!r}, '-o', {str(out)!r}, '-m', 'gradient', '--batch-size', '1',"
-        " '--set', 'runtime.workers=2'])\n")
-    proc = subprocess.run([sys.executable, "-c", dying], capture_output=True, text=True, timeout=300)
+        "data.ImageDataset.__getitem__ = __getitem__\n")
+    proc = patched_cli(dying, "explain", str(SAMPLES), "-o", str(out), "-m", "gradient", "--batch-size", "1",
+                       "--set", "runtime.workers=2")
     assert proc.returncode == 2, proc.stderr
     assert "decoding worker process died" in proc.stderr and "runtime.workers=0" in proc.stderr
     assert "internal error" not in proc.stderr
@@ -327,10 +332,9 @@ def test_a_reader_that_leaves_stops_the_run_quietly(tmp_path):
 def test_the_interrupt_message_says_whether_a_rerun_is_needed(tmp_path, ok, message):
     """A reader that leaves after the last record (or a Ctrl-C during the
     final flush) must not send the user to rerun a finished job."""
-    fake = (f"from saliency_cli import pipeline; from saliency_cli.cli import app; "
-            f"pipeline.run = lambda *a, **k: pipeline.RunSummary(found=5, skipped=1, ok={ok}, interrupted=141); "
-            f"app(['explain', {str(SAMPLES)!r}, '-o', {str(tmp_path)!r}])")
-    result = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, timeout=120)
+    fake = ("from saliency_cli import pipeline\n"
+            f"pipeline.run = lambda *a, **k: pipeline.RunSummary(found=5, skipped=1, ok={ok}, interrupted=141)\n")
+    result = patched_cli(fake, "explain", str(SAMPLES), "-o", str(tmp_path))
     assert result.returncode == 141, result.stderr
     assert message in result.stderr and ("rerun" in result.stderr) == (ok == 3)
 

@@ -186,4 +186,4 @@ def cam(model, images, targets, params):
     maps = torch.einsum("bk,bkhw->bhw", head.weight[targets].to(head.features.dtype), head.features)
     if params.upsample:
         maps = upsample(maps, tuple(images.shape[-2:]))
-    return Attribution(maps.float(), logits, targets)
+    return Attribution(maps, logits, targets)

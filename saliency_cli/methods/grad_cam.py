@@ -54,4 +54,4 @@ def grad_cam(model, images, targets, params):
     maps = grad_cam_map(features.detach(), grads)
     if params.upsample:
         maps = upsample(maps, tuple(images.shape[-2:]))
-    return Attribution(maps.float(), logits.detach(), targets)
+    return Attribution(maps, logits.detach(), targets)
