@@ -20,7 +20,7 @@ from saliency_cli.config import Config
 from saliency_cli.data import load_image, normalize, preprocess
 from saliency_cli.methods import registry
 from saliency_cli.models import efficientnet_lite0
-from saliency_cli.pipeline import amp_context
+from saliency_cli.runtime import amp_context
 
 from common import sample_photos
 

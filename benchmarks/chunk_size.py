@@ -13,7 +13,7 @@ import time
 import torch
 
 import saliency_cli as sal
-from saliency_cli.pipeline import prepare_model
+from saliency_cli.runtime import prepare_model
 
 from common import build
 

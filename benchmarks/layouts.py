@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 import saliency_cli as sal
-from saliency_cli.pipeline import amp_context, prepare_model
+from saliency_cli.runtime import amp_context, prepare_model
 
 from common import build, interleaved_medians
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import saliency_cli as sal
 from saliency_cli.methods.layers import probe
-from saliency_cli.pipeline import prepare_model
+from saliency_cli.runtime import prepare_model
 
 from common import ROOT, build, copy_photos, interleaved_medians, sync
 

@@ -7,9 +7,8 @@
 """
 
 from .api import attribute, explain_detections, methods
-from .detection import Detections
+from .detection import DetectionExplanation, Detections
 from .errors import SaliencyError
-from .methods.d_rise import DetectionExplanation
 
 __version__ = "0.1.0"
 __all__ = ["attribute", "explain_detections", "methods", "Detections", "DetectionExplanation",

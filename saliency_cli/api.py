@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .detection import as_detector
+from .detection import DetectionExplanation, as_detector
 from .errors import SaliencyError
 from .hooks import model_guard
 from .methods import registry
-from .methods.d_rise import DetectionExplanation
 
 
 def methods() -> list[str]:
@@ -39,6 +38,10 @@ def attribute(
     requires_grad flags, no hooks, no `.grad` written.
     """
     spec = registry.get(method)
+    if not isinstance(spec, registry.ClassificationMethod):
+        hint = "explains object detectors: use explain_detections()" if spec.task == "detection" else \
+            f"is a method of task: {spec.task}, not a classifier method"
+        raise SaliencyError(f"{method} {hint}")
     return spec.run(model, images, targets, spec.make_params(params)).maps
 
 
@@ -60,11 +63,11 @@ def explain_detections(
     their maps [K,H,W].
     """
     spec = registry.get(method)
-    if spec.task != "detection":
+    if not isinstance(spec, registry.DetectionMethod):
         raise SaliencyError(f"{method} explains classifiers: use attribute()")
     p = spec.make_params(params)
     detect = as_detector(detector)
     if isinstance(images, torch.Tensor) and images.dim() == 3:
         images = images[None]
     with model_guard(detector):
-        return [spec.compute(detect, image, target_class, p) for image in images]
+        return [spec.run(detect, image, target_class, p) for image in images]

@@ -1,25 +1,29 @@
-"""Typed configuration: YAML file, then `--set key.path=value`, then CLI flags.
+"""Typed configuration: YAML file, then `--set key.path=value`, then the
+command's own options, all through one path (`load_config`).
 
-Every section is a dataclass; `from_mapping` turns plain YAML data into them
-and rejects unknown keys (naming the key, close matches and the valid keys)
-and wrong types. Method parameters live under `methods.<name>` and are
-checked against the method's own parameter dataclass from the registry, so
-the config and the Python API validate parameters the same way.
+Every section is a dataclass; `schema.from_mapping` turns plain YAML data
+into them and rejects unknown keys (naming the key, close matches and the
+valid keys) and wrong types. Method parameters live under `methods.<name>`
+and are built once, when the config is checked, from the method's own
+parameter dataclass in the registry: the config and the Python API validate
+parameters the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
-from .errors import SaliencyError, did_you_mean
+from . import tasks
+from .errors import SaliencyError
+from .methods import registry
+from .models import sources
+from .schema import from_mapping
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -28,8 +32,8 @@ DEFAULT_FACTORY = "saliency_cli.models:efficientnet_lite0"
 
 @dataclass
 class ModelConfig:
-    """Where the model comes from: exactly one of `arch` or `factory`
-    (or a trusted pickled `checkpoint` on its own)."""
+    """Where the model comes from: exactly one source key (`arch` or
+    `factory`: models/sources.py), or a trusted pickled `checkpoint` on its own."""
 
     arch: str | None = None  # torchvision builder name, e.g. resnet50
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
@@ -41,10 +45,11 @@ class ModelConfig:
     trust_checkpoint: bool = False  # allow unpickling a whole model (runs code from the file)
 
     def check(self) -> None:
-        sources = [k for k in ("arch", "factory") if getattr(self, k)]
-        if len(sources) > 1:
-            raise SaliencyError("model: give either 'arch' or 'factory', not both")
-        if not sources and not (self.checkpoint and self.trust_checkpoint):
+        chosen = sources.chosen(self)
+        if len(chosen) > 1:
+            raise SaliencyError(f"model: give either {' or '.join(repr(k) for k in chosen)}, "
+                                f"{'not both' if len(chosen) == 2 else 'only one'}")
+        if not chosen and not (self.checkpoint and self.trust_checkpoint):
             raise SaliencyError(
                 "model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
                 " or a pickled 'checkpoint' with 'trust_checkpoint: true'"
@@ -133,41 +138,45 @@ class RuntimeConfig:
 
 @dataclass
 class Config:
-    task: Literal["classification", "detection"] = "classification"
+    task: str = "classification"  # a registered task: classification | detection
     model: ModelConfig = field(default_factory=lambda: ModelConfig(factory=DEFAULT_FACTORY))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     # auto: ImageNet names for a 1000-class classifier, COCO names for a 91-class
     # torchvision detector | imagenet | coco | a text file, one name per line | a list | null
     labels: str | list[str] | None = "auto"
-    # methods `saliency explain` runs when no -m/--method is given
-    run: list[str] = field(default_factory=lambda: ["gradient", "guided-backprop", "grad-cam"])
+    # methods `saliency explain` runs when no -m/--method is given; null: the task's
+    # defaults (classification: gradient, guided-backprop, grad-cam; detection: d-rise)
+    run: list[str] | None = None
     # per-method parameters: methods.<name>.<param>
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def check(self) -> None:
-        from .methods import registry  # late import: methods import config helpers
+    def __post_init__(self) -> None:
+        if self.run is None:
+            self.run = list(tasks.get(self.task).default_run)
 
+    def check(self) -> None:
+        tasks.get(self.task)
         for name in self.run:
             self.check_method(name)
-        for name, params in self.methods.items():
-            registry.get(name).make_params(params, where=f"methods.{name}")
+        # built (and so validated) once, here; method_params hands out these objects
+        self._params = {name: registry.get(name).make_params(values, where=f"methods.{name}")
+                        for name, values in self.methods.items()}
 
     def check_method(self, name: str) -> None:
         """The method exists and explains this config's kind of model."""
-        from .methods import registry
-
         method = registry.get(name)
         if method.task != self.task:
             raise SaliencyError(f"method {name!r} is for task: {method.task}, and this config has task: "
                                 f"{self.task}; {self.task} methods: {', '.join(registry.names(self.task))}")
 
     def method_params(self, name: str) -> Any:
-        """The validated parameter object for one method."""
-        from .methods import registry
-
-        return registry.get(name).make_params(self.methods.get(name, {}), where=f"methods.{name}")
+        """The parameter object of one method (its defaults unless `methods.<name>` sets some)."""
+        built = self.__dict__.setdefault("_params", {})
+        if name not in built:
+            built[name] = registry.get(name).make_params(self.methods.get(name, {}), where=f"methods.{name}")
+        return built[name]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,27 +185,16 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                options: Mapping[str, Any] | None = None) -> Config:
     """Read YAML (or start from the built-in defaults), apply `key.path=value`
-    overrides, and validate everything."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SaliencyError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SaliencyError(f"config {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise SaliencyError(f"config {str(path)!r}: expected a mapping at the top level")
-        data = loaded
+    overrides (`--set`), then `options` (a command's own options, as
+    {"runtime.batch_size": 16}), and validate everything together."""
+    data = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
+    for key, value in (options or {}).items():
+        set_value(data, key, value)
     model = data.get("model")
     if path is None and isinstance(model, dict) and not ({"arch", "factory"} & model.keys()
                                                          or model.get("trust_checkpoint")):
@@ -206,6 +204,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         return from_mapping(Config, data, "")
     except SaliencyError as exc:
         raise SaliencyError(f"config: {exc}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SaliencyError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from exc
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SaliencyError(f"config {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SaliencyError(f"config {str(path)!r}: expected a mapping at the top level")
+    return loaded
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -222,11 +236,16 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise SaliencyError(f"--set expects key.path=value, got {item!r}")
-    parts = key.strip().split(".")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    set_value(data, key.strip(), value)
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted `key` (a.b.c) in a nested dict, making sections as needed."""
+    parts = key.split(".")
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -239,110 +258,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def from_mapping(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from `data`, strictly: unknown keys and wrong
-    types raise SaliencyError naming the dotted key."""
-    label = where or "top level"
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SaliencyError(f"{label}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            msg = did_you_mean(str(key), names, what="key")
-            raise SaliencyError(f"{msg.replace(repr(str(key)), repr(dotted), 1)}")
-        kwargs[key] = coerce(hints[key], value, dotted)
-    obj = cls(**kwargs)
-    if hasattr(obj, "check"):
-        obj.check()
-    return obj
-
-
-def coerce(tp: Any, value: Any, where: str) -> Any:
-    """Check `value` against type hint `tp`, converting only where it is
-    unambiguous (an int where a float is expected, a numeric string for a float)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return coerce(option, value, where)
-            except SaliencyError:
-                continue
-        raise _type_error(tp, value, where)
-    if origin is Literal:
-        if value in args:
-            return value
-        choices = ", ".join(repr(a) for a in args)
-        raise SaliencyError(f"{where}: expected one of {choices}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, where)
-    if origin is list:
-        (item_tp,) = args or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(tp, value, where)
-        return [coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(tp, value, where)
-        _, val_tp = args or (Any, Any)
-        return {str(k): coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(tp, value, where)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(tp, value, where)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _type_error(tp, value, where)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(tp, value, where)
-    raise TypeError(f"unsupported config type {tp!r} at {where}")  # a bug in this module
-
-
-def _type_error(tp: Any, value: Any, where: str) -> SaliencyError:
-    return SaliencyError(f"{where}: expected {_describe(tp)}, got {value!r}")
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
 def dump_config(cfg: Config) -> str:
     """The effective configuration as YAML (what `saliency config` prints),
     with every method's parameters filled in with their defaults."""
-    from .methods import registry
-
     data = cfg.to_dict()
     data["methods"] = {name: dataclasses.asdict(cfg.method_params(name)) for name in registry.names()}
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)

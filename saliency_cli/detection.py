@@ -48,6 +48,17 @@ class Detections:
 
 Detector = Callable[[torch.Tensor], Sequence[Detections]]
 
+
+@dataclass
+class DetectionExplanation:
+    """One image: the detections explained (highest score first) and their
+    saliency maps [K,H,W] at the image's resolution; `note` says why there
+    are none, when there are none."""
+
+    detections: Detections
+    maps: torch.Tensor
+    note: str | None = None
+
 _FIELDS = ("boxes", "scores", "probs", "labels")
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .writer import read_manifest
+from .outputs import REPORT_PAGE_GLOB, report_page
+from .records import Files, Record, read_manifest
 
 log = logging.getLogger("saliency")
 
@@ -45,11 +46,11 @@ img { display: block; background: #eee; }
 def write_report(out_dir: Path, *, page_size: int = PAGE_SIZE) -> list[Path]:
     """Write the report pages from the manifest; returns their paths."""
     out_dir = Path(out_dir)
-    records = sorted(read_manifest(out_dir).values(), key=lambda r: r["key"])
-    methods = list(dict.fromkeys(m for r in records for m in (r.get("outputs") or {})))
+    records = sorted(read_manifest(out_dir).values(), key=lambda r: r.key)
+    methods = list(dict.fromkeys(m for r in records for m in r.outputs))
     pages = [records[i:i + page_size] for i in range(0, len(records), page_size)] or [[]]
-    names = ["report.html"] + [f"report-{i}.html" for i in range(2, len(pages) + 1)]
-    failed = sum(r.get("status") != "ok" for r in records)
+    names = [report_page(i) for i in range(1, len(pages) + 1)]
+    failed = sum(not r.ok for r in records)
     paths = []
     for number, (name, rows) in enumerate(zip(names, pages), start=1):
         text = _page(out_dir, rows, methods, names, number, len(records), failed)
@@ -58,14 +59,14 @@ def write_report(out_dir: Path, *, page_size: int = PAGE_SIZE) -> list[Path]:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         paths.append(path)
-    for stale in out_dir.glob("report-*.html"):  # pages of an earlier, longer report
+    for stale in out_dir.glob(REPORT_PAGE_GLOB):  # pages of an earlier, longer report
         if stale.name not in names:
             stale.unlink()
     log.info("report: %s%s", paths[0], f" ({len(paths)} pages)" if len(paths) > 1 else "")
     return paths
 
 
-def _page(out_dir: Path, rows: list[dict], methods: list[str], names: list[str], number: int,
+def _page(out_dir: Path, rows: list[Record], methods: list[str], names: list[str], number: int,
           total: int, failed: int) -> str:
     nav = _nav(names, number)
     head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
@@ -104,40 +105,46 @@ def _nav(names: list[str], number: int) -> str:
     return f"<nav>{''.join(links)}</nav>"
 
 
-def _row(out_dir: Path, record: dict[str, Any], methods: list[str]) -> str:
-    name = html.escape(record["key"])  # unique, unlike file names
-    source = _link_to_input(out_dir, record.get("input"))
+def _row(out_dir: Path, record: Record, methods: list[str]) -> str:
+    name = html.escape(record.key)  # unique, unlike file names
+    source = _link_to_input(out_dir, record.input)
     link = f'<a href="{source}">{name}</a>' if source else name
     info = [f'<div class="name">{link}</div>']
-    if record.get("status") != "ok":
-        info.append(f'<div class="error">{html.escape(str(record.get("error", "failed")))}</div>')
+    if not record.ok:
+        info.append(f'<div class="error">{html.escape(str(record.error or "failed"))}</div>')
         return f"<tr><td class=\"info\">{''.join(info)}</td>{'<td></td>' * len(methods)}</tr>"
-    if record.get("grid"):
-        info.append(f'<div><a href="{_url(record["grid"])}">all maps side by side</a></div>')
-    if "predictions" in record:
-        items = "".join(f"<li>{html.escape(p['label'])} <small>{p['prob']:.3f}</small></li>"
-                        for p in record["predictions"])
-        target = record["target"]
-        info.append(f"<div>explained: <b>{html.escape(target['label'])}</b> ({target['prob']:.3f})</div>"
-                    f"<ol>{items}</ol>")
-    if "detections" in record:
-        items = "".join(f"<li>{html.escape(d['label'])} <small>{d['score']:.3f} "
-                        f"[{', '.join(f'{v:.0f}' for v in d['box'])}]</small></li>"
-                        for d in record["detections"])
-        info.append(f"<div>{len(record['detections'])} detection(s) explained</div><ol start=\"0\">{items}</ol>")
-    cells = [_cell(record, record.get("outputs", {}).get(m)) for m in methods]
+    if record.grid:
+        info.append(f'<div><a href="{_url(record.grid)}">all maps side by side</a></div>')
+    info += _task_info(record.fields)
+    cells = [_cell(record, record.outputs.get(m)) for m in methods]
     return f"<tr><td class=\"info\">{''.join(info)}</td>{''.join(cells)}</tr>"
 
 
-def _cell(record: dict[str, Any], files: dict[str, Any] | None) -> str:
-    if not files or "png" not in files:
+def _task_info(fields: dict[str, Any]) -> list[str]:
+    """The predictions (classifiers) or the detections (detectors) of a record."""
+    info = []
+    if "predictions" in fields:
+        items = "".join(f"<li>{html.escape(p['label'])} <small>{p['prob']:.3f}</small></li>"
+                        for p in fields["predictions"])
+        target = fields["target"]
+        info.append(f"<div>explained: <b>{html.escape(target['label'])}</b> ({target['prob']:.3f})</div>"
+                    f"<ol>{items}</ol>")
+    if "detections" in fields:
+        items = "".join(f"<li>{html.escape(d['label'])} <small>{d['score']:.3f} "
+                        f"[{', '.join(f'{v:.0f}' for v in d['box'])}]</small></li>"
+                        for d in fields["detections"])
+        info.append(f"<div>{len(fields['detections'])} detection(s) explained</div><ol start=\"0\">{items}</ol>")
+    return info
+
+
+def _cell(record: Record, files: Files | None) -> str:
+    if not files or not files.pngs:
         return "<td></td>"
-    width, height = record.get("size") or (THUMB, THUMB)
+    width, height = record.size or (THUMB, THUMB)
     shown = (THUMB, max(1, round(THUMB * height / width)))
-    pngs = files["png"] if isinstance(files["png"], list) else [files["png"]]
-    captions = {d.get("png"): f"{d['label']} {d['score']:.2f}" for d in record.get("detections", [])}
+    captions = {d.get("png"): f"{d['label']} {d['score']:.2f}" for d in record.fields.get("detections", [])}
     figures = []
-    for rel in pngs:
+    for rel in files.pngs:
         caption = f"<figcaption>{html.escape(captions[rel])}</figcaption>" if rel in captions else ""
         figures.append(f'<figure><a href="{_url(rel)}"><img src="{_url(rel)}" loading="lazy" decoding="async" '
                        f'width="{shown[0]}" height="{shown[1]}" alt=""></a>{caption}</figure>')

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from saliency_cli.config import PreprocessConfig
-from saliency_cli.data import ImageDataset, collate, default_workers, discover, load_image, preprocess
+from saliency_cli.data import ImageDataset, collate, default_workers, load_image, preprocess
+from saliency_cli.discovery import discover
 from saliency_cli.errors import InputError, SaliencyError
 
 
@@ -127,7 +128,7 @@ def test_dataset_reports_bad_items_without_raising(tmp_path):
     good = make_png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    from saliency_cli.data import InputItem
+    from saliency_cli.discovery import InputItem
 
     ds = ImageDataset([InputItem(str(good), "good"), InputItem(str(bad), "bad")],
                       PreprocessConfig(size=[16, 16]), keep_original=True)

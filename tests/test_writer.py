@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from saliency_cli.writer import MANIFEST, Writer, finished_methods, output_files, read_manifest
+from saliency_cli.outputs import MANIFEST, npy_path, png_path
+from saliency_cli.plan import finished_methods
+from saliency_cli.records import SCHEMA_VERSION, Files, Record, read_manifest
+from saliency_cli.writer import Writer
 
 
 def test_npy_and_png_round_trip(tmp_path):
@@ -52,34 +55,36 @@ def test_manifest_in_order_with_errors_recorded(tmp_path):
         jobs = [lambda i=i: writer.save_npy(f"k{i}/m.npy", np.full(2, i, np.float32))]
         if i == 7:
             jobs.append(lambda: (_ for _ in ()).throw(PermissionError("read-only")))
-        writer.submit({"input": f"{i}.png", "key": f"k{i}", "status": "ok"}, jobs)
+        writer.submit(Record(input=f"{i}.png", key=f"k{i}"), jobs)
     writer.close()
     lines = (tmp_path / MANIFEST).read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["key"] for r in records] == [f"k{i}" for i in range(30)]
     assert records[7]["status"] == "error" and "read-only" in records[7]["error"]
+    assert all(r["schema_version"] == SCHEMA_VERSION for r in records)
     assert writer.counts == {"ok": 29, "error": 1}
-    assert seen == records
+    assert [r.to_json() for r in seen] == records
 
 
 def test_manifest_reader_skips_a_torn_last_line(tmp_path):
-    good = {"key": "a", "status": "ok", "outputs": {}}
+    good = {"schema_version": SCHEMA_VERSION, "input": "a.png", "key": "a", "status": "ok"}
     (tmp_path / MANIFEST).write_text(json.dumps(good) + "\n" + '{"key": "b", "sta')
-    assert read_manifest(tmp_path) == {"a": good}
+    assert {k: r.to_json() for k, r in read_manifest(tmp_path).items()} == {"a": good}
 
 
 def test_finished_methods_need_every_expected_file(tmp_path):
-    files = output_files("img", "gradient", png=True, npy=True)
-    record = {"key": "img", "status": "ok", "outputs": {"gradient": files}}
+    files = Files(npy=npy_path("img", "gradient"), pngs=[png_path("img", "gradient")])
+    record = Record(input="img.png", key="img", outputs={"gradient": files})
     expected = {"gradient": files}
     assert finished_methods(tmp_path, record, expected) == set()
-    for rel in files.values():
+    for rel in files.all():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     assert finished_methods(tmp_path, record, expected) == {"gradient"}
-    assert finished_methods(tmp_path, {**record, "status": "error"}, expected) == set()
-    assert finished_methods(tmp_path, record, {"smoothgrad": output_files("img", "smoothgrad", png=True,
-                                                                          npy=False)}) == set()
+    record.fail("broken")
+    assert finished_methods(tmp_path, record, expected) == set()
+    record.status = "ok"
+    assert finished_methods(tmp_path, record, {"smoothgrad": Files(pngs=[png_path("img", "smoothgrad")])}) == set()
 
 
 def test_queued_images_are_bounded_in_bytes(tmp_path):
@@ -89,8 +94,8 @@ def test_queued_images_are_bounded_in_bytes(tmp_path):
 
     writer = Writer(tmp_path, threads=2, max_pending_bytes=100)
     release = threading.Event()
-    writer.submit({"key": "a", "status": "ok"}, [lambda: release.wait(10)], nbytes=80)  # alone: no wait
-    second = threading.Thread(target=writer.submit, args=({"key": "b", "status": "ok"}, [], 80))
+    writer.submit(Record(input="a", key="a"), [lambda: release.wait(10)], nbytes=80)  # alone: no wait
+    second = threading.Thread(target=writer.submit, args=(Record(input="b", key="b"), [], 80))
     second.start()
     second.join(0.3)
     assert second.is_alive(), "160 bytes queued: the second submit must wait for the first image"
@@ -99,3 +104,29 @@ def test_queued_images_are_bounded_in_bytes(tmp_path):
     assert not second.is_alive() and writer.pending_bytes <= 80
     writer.close()
     assert [r["key"] for r in map(json.loads, (tmp_path / MANIFEST).read_text().splitlines())] == ["a", "b"]
+
+
+def test_records_of_the_first_format_read_and_round_trip():
+    """Manifests written before `schema_version` existed resume: same fields,
+    a classifier's `png` a name, a detector's a list (one per detection)."""
+    old = [
+        {"input": "a.png", "key": "a", "status": "ok", "size": [451, 300],
+         "outputs": {"gradient": {"png": "a/gradient.png", "npy": "a/gradient.npy"}},
+         "settings": {"gradient": "3f9c2a0b17d4e6a1"},
+         "predictions": [{"class": 285, "label": "Egyptian cat", "prob": 0.799}],
+         "target": {"class": 285, "label": "Egyptian cat", "prob": 0.799},
+         "seconds": {"decode": 0.007, "gradient": 0.23}, "grid": "a/grid.png"},
+        {"input": "b.png", "key": "b", "status": "ok", "size": [512, 512],
+         "outputs": {"d-rise": {"npy": "b/d-rise.npy", "png": ["b/d-rise-0.png", "b/d-rise-1.png"]}},
+         "detections": [{"index": 0, "box": [0, 0, 5, 5], "class": 1, "label": "cup", "score": 0.9,
+                         "png": "b/d-rise-0.png"}]},
+        {"input": "c.png", "key": "c", "status": "ok", "outputs": {"d-rise": {"npy": "c/d-rise.npy", "png": []}}},
+        {"input": "d.png", "key": "d", "status": "error", "error": "empty file"},
+    ]
+    for data in old:
+        record = Record.from_json(data)
+        assert record.schema_version == 0
+        assert record.to_json() == {"schema_version": 0, **data}
+    assert Record.from_json(old[0]).files() == ["a/gradient.png", "a/gradient.npy", "a/grid.png"]
+    assert Record.from_json(old[1]).outputs["d-rise"].pngs == ["b/d-rise-0.png", "b/d-rise-1.png"]
+    assert Record.from_json({"input": "x"}) is None and Record.from_json([1]) is None

@@ -13,4 +13,13 @@ from . import grad_cam  # noqa: F401
 from . import guided_grad_cam  # noqa: F401
 from . import d_rise  # noqa: F401
 # isort: on
-from .registry import Attribution, Method, get, names, register  # noqa: F401
+from .registry import (  # noqa: F401
+    Attribution,
+    ClassificationMethod,
+    DetectionMethod,
+    Method,
+    get,
+    names,
+    register,
+    register_detection,
+)

@@ -22,16 +22,15 @@ maps do not depend on `mask_batch`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..detection import Detections, Detector, box_iou
+from ..detection import DetectionExplanation, Detections, Detector, box_iou
 from ..errors import SaliencyError
 from ..memory import run_in_chunks
-from .registry import register
+from .registry import Progress, register_detection
 
 
 @dataclass
@@ -51,15 +50,6 @@ class DRiseParams:
             raise SaliencyError("d-rise: p must be in (0, 1]")
         if self.mask_batch is not None and self.mask_batch < 1:
             raise SaliencyError("d-rise: mask_batch must be >= 1")
-
-
-@dataclass
-class DetectionExplanation:
-    """One image: the detections explained (highest score first) and their
-    saliency maps [K,H,W] at the image's resolution."""
-
-    detections: Detections
-    maps: torch.Tensor
 
 
 class RiseMasks:
@@ -114,17 +104,16 @@ def detections_to_explain(found: Detections, params: DRiseParams, target_class: 
     return found.select(index[order])
 
 
-@register(
+@register_detection(
     "d-rise",
     summary="Object detectors: random masks weighted by how well the masked image's detections match",
     paper="Petsiuk et al. 2021, arXiv:2006.03204",
     params=DRiseParams,
-    pixel_space=False,
     style="minmax",  # every pixel keeps some match on average: show the contrast, not the offset
-    task="detection",
+    units=lambda params: params.num_masks,  # the progress bar counts masks
 )
 def d_rise(detector: Detector, image: torch.Tensor, target_class: int | None, params: DRiseParams,
-           progress: Callable[[int], None] | None = None) -> DetectionExplanation:
+           progress: Progress | None = None) -> DetectionExplanation:
     """Explain the detections of one image [3,H,W] in [0,1]."""
     height, width = image.shape[-2:]
     with torch.inference_mode():
@@ -133,7 +122,8 @@ def d_rise(detector: Detector, image: torch.Tensor, target_class: int | None, pa
         if len(targets) == 0:
             if progress is not None:
                 progress(params.num_masks)
-            return DetectionExplanation(targets, saliency)
+            return DetectionExplanation(targets, saliency, note=f"found no detection with score >= "
+                                        f"{params.score_threshold} to explain")
         masks = RiseMasks(params.num_masks, params.grid, params.p, (height, width), params.seed, image.device)
 
         def step(start: int, stop: int) -> None:

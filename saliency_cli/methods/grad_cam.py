@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from ..errors import SaliencyError
 from .layers import last_output, layer_output, resolve_layer, upsample
-from .registry import Attribution, as_logits, class_score, register, select_targets
+from .registry import Attribution, LayerParams, as_logits, class_score, register, select_targets
 
 
 @dataclass
-class GradCamParams:
-    layer: str | None = None  # dotted module name; null: the last feature map before global pooling
+class GradCamParams(LayerParams):
+    # layer: dotted module name; null: the last feature map before global pooling
     upsample: bool = True  # false: the map at the layer's resolution
 
 
@@ -51,7 +51,7 @@ def grad_cam(model, images, targets, params):
     features = last_output(outputs, layer, "grad-cam")
     targets = select_targets(logits, targets)
     grads = layer_gradient(class_score(logits, targets), features, layer.name)
-    maps = grad_cam_map(features.detach(), grads)
+    maps = grad_cam_map(layer.to_grid(features.detach()), layer.to_grid(grads))
     if params.upsample:
         maps = upsample(maps, tuple(images.shape[-2:]))
     return Attribution(maps, logits.detach(), targets)

@@ -15,12 +15,12 @@ import torch
 from ..hooks import activation_rules
 from .grad_cam import grad_cam_map, layer_gradient
 from .layers import last_output, layer_output, resolve_layer, upsample
-from .registry import Attribution, PixelParams, as_logits, class_score, register, select_targets
+from .registry import Attribution, LayerParams, PixelParams, as_logits, class_score, register, select_targets
 
 
 @dataclass
-class GuidedGradCamParams(PixelParams):
-    layer: str | None = None  # as grad-cam's
+class GuidedGradCamParams(LayerParams, PixelParams):
+    """reduce, then layer (as grad-cam's)."""
 
 
 @register(
@@ -41,5 +41,5 @@ def guided_grad_cam(model, images, targets, params):
     grads = layer_gradient(score, features, layer.name, retain_graph=True)
     rules.rule = "guided"
     (guided,) = torch.autograd.grad(score, x)
-    cam = upsample(grad_cam_map(features.detach(), grads), tuple(images.shape[-2:]))
+    cam = upsample(grad_cam_map(layer.to_grid(features.detach()), layer.to_grid(grads)), tuple(images.shape[-2:]))
     return Attribution(guided * cam[:, None], logits.detach(), targets)

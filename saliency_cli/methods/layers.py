@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import SaliencyError, did_you_mean
+from ..hooks import capture_outputs, model_guard
 
 log = logging.getLogger("saliency")
 
@@ -179,6 +180,12 @@ class Layer:
     module: nn.Module
     calls: int  # times the module runs per forward; the last call is explained
 
+    def to_grid(self, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output (or its gradient) as a feature map [B,C,h,w]:
+        what every CAM-family method works on. Take gradients with respect
+        to the captured output first, then call this on both."""
+        return output
+
 
 def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, method: str) -> Layer:
     """The module to explain: `name`, or the default from the probe."""
@@ -206,11 +213,23 @@ def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, meth
     return Layer(name, module, calls)
 
 
+def check_layers(model: nn.Module, layers: dict[str, str | None]) -> None:
+    """Each method's named layer (method -> name, None for the default)
+    exists: a misspelt layer is a config error, said before any image is read."""
+    for method, name in layers.items():
+        if name is None:
+            continue
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            message = did_you_mean(name, names, what="layer", list_valid=False)
+            raise SaliencyError(f"{method}: {message}; `saliency layers` lists the layers") from None
+
+
 @contextmanager
 def layer_output(layer: Layer) -> Iterator[list[Any]]:
     """Capture the layer's outputs; its last call's output requires grad."""
-    from ..hooks import capture_outputs
-
     with capture_outputs(layer.module, track_call=layer.calls - 1) as outputs:
         yield outputs
 
@@ -241,8 +260,6 @@ class LayerRow:
 def list_layers(model: nn.Module, images: torch.Tensor) -> list[LayerRow]:
     """Candidate layers for grad-cam: every module with a 4-D output, in the
     order they run, the default marked."""
-    from ..hooks import model_guard
-
     with model_guard(model):
         found = probe(model, images)
     default = found.default_layer()

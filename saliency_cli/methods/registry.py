@@ -1,10 +1,19 @@
 """The method registry: the only list of method names.
 
-A method is one function `compute(model, images, targets, params) ->
-Attribution` in its own file, registered with `@register(...)` together with
-its parameter dataclass. The registry gives every method the same contract:
-parameter validation (shared with the config), the model guard, target
-handling and the channel reduction of pixel-space maps.
+A method is one function in its own file, registered with its parameter
+dataclass. There are two contracts, told apart by the registered type:
+
+- `ClassificationMethod`: `compute(model, images [B,3,H,W], targets [B] | None,
+  params) -> Attribution`, for a batch of preprocessed images;
+- `DetectionMethod`: `compute(detector, image [3,H,W], target_class | None,
+  params, progress) -> DetectionExplanation`, for one photo in [0,1].
+
+Each declares what the run loop needs from it, so the loop never reads a
+method's parameters: `units(params)` (the progress units one image costs:
+D-RISE counts masks), `layer(params)` (the model layer that must exist),
+`display(params)` (how its PNG is scaled). The registry gives every method
+the same guarantees: parameters validated once where they are built, the
+model guard, target checks and the channel reduction of pixel-space maps.
 """
 
 from __future__ import annotations
@@ -17,11 +26,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..config import from_mapping
+from ..detection import DetectionExplanation, Detector
 from ..errors import SaliencyError, did_you_mean
 from ..hooks import model_guard
+from ..schema import from_mapping
 
 Reduce = Literal["max-abs", "sum-abs", "sum", "none"]
+Progress = Callable[[int], None]
 
 
 @dataclass
@@ -33,8 +44,15 @@ class PixelParams:
 
 
 @dataclass
+class LayerParams:
+    """Parameters of methods that explain one layer of the model."""
+
+    layer: str | None = None  # dotted module name; null: the method's default layer
+
+
+@dataclass
 class Attribution:
-    """What a method returns.
+    """What a classification method returns.
 
     maps: [B,C,H,W] per-channel (pixel-space methods, before reduction) or [B,H,W]
     logits: [B,K] model outputs for the unperturbed images (detached)
@@ -47,18 +65,20 @@ class Attribution:
 
 
 Compute = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", Any], Attribution]
+DetectCompute = Callable[[Detector, torch.Tensor, "int | None", Any, "Progress | None"], DetectionExplanation]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
+    """What every method declares."""
+
     name: str
     summary: str  # one line for `saliency methods`
     paper: str
     params: type  # dataclass of parameters with their defaults
-    compute: Compute
-    pixel_space: bool  # per-channel input-space maps: reducible, usable as a SmoothGrad base
+    task: str  # the task whose loop runs it
+    pixel_space: bool = False  # per-channel input-space maps: reducible, usable as a SmoothGrad base
     style: str = "positive"  # display scaling of non-pixel-space maps (see render.to_unit)
-    task: str = "classification"  # or "detection": compute(detector, image, target_class, params)
 
     def make_params(self, values: Mapping[str, Any] | None = None, *, where: str | None = None) -> Any:
         """Validate parameter values (from the API or the config)."""
@@ -75,10 +95,27 @@ class Method:
             return ("signed" if params.reduce == "sum" else "positive"), 99.0
         return self.style, 100.0
 
+    @property
+    def takes_layer(self) -> bool:
+        """Its parameters name a layer of the model (see LayerParams)."""
+        return issubclass(self.params, LayerParams)
+
+    def layer(self, params: Any) -> str | None:
+        """The layer the model must have for these parameters (None: the default)."""
+        return params.layer if isinstance(params, LayerParams) else None
+
+    def units(self, params: Any) -> int:
+        """Progress units of one image (what a progress bar counts)."""
+        return 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationMethod(Method):
+    compute: Compute
+    task: str = "classification"
+
     def run(self, model: nn.Module, images: torch.Tensor, targets: Any, params: Any) -> Attribution:
         """Guarded call with targets checked and pixel-space maps reduced."""
-        if self.task != "classification":
-            raise SaliencyError(f"{self.name} explains object detectors: use explain_detections()")
         images = _check_images(images)
         targets = _check_targets(targets, images)
         with model_guard(model):
@@ -89,17 +126,57 @@ class Method:
         return result
 
 
+@dataclass(frozen=True, kw_only=True)
+class DetectionMethod(Method):
+    compute: DetectCompute
+    count: Callable[[Any], int] | None = None  # progress units of one image, from the params
+    task: str = "detection"
+
+    def units(self, params: Any) -> int:
+        return 1 if self.count is None else self.count(params)
+
+    def run(self, detector: Detector, image: torch.Tensor, target_class: int | None, params: Any,
+            progress: Progress | None = None) -> DetectionExplanation:
+        """Explain the detections of one image [3,H,W] in [0,1]. The model
+        guard is the caller's (it owns the model behind `detector`)."""
+        return self.compute(detector, image, target_class, params, progress)
+
+
 _REGISTRY: dict[str, Method] = {}
+
+
+def add(method: Method) -> Method:
+    """Register a method object; a duplicate name is a bug and raises."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def remove(name: str) -> None:
+    """Unregister a method (for methods registered at run time, e.g. in tests)."""
+    _REGISTRY.pop(name, None)
 
 
 def register(name: str, *, summary: str, paper: str, params: type, pixel_space: bool = True,
              style: str = "positive", task: str = "classification"):
-    """Decorator registering `compute` under `name`; a duplicate name is a bug and raises."""
+    """Decorator registering a classification `compute(model, images, targets, params)`."""
 
     def decorate(compute: Compute) -> Compute:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = Method(name, summary, paper, params, compute, pixel_space, style, task)
+        add(ClassificationMethod(name=name, summary=summary, paper=paper, params=params, compute=compute,
+                                 pixel_space=pixel_space, style=style, task=task))
+        return compute
+
+    return decorate
+
+
+def register_detection(name: str, *, summary: str, paper: str, params: type, style: str = "positive",
+                       units: Callable[[Any], int] | None = None, task: str = "detection"):
+    """Decorator registering a detection `compute(detector, image, target_class, params, progress)`."""
+
+    def decorate(compute: DetectCompute) -> DetectCompute:
+        add(DetectionMethod(name=name, summary=summary, paper=paper, params=params, compute=compute,
+                            style=style, count=units, task=task))
         return compute
 
     return decorate

@@ -45,6 +45,14 @@ class SmoothGradParams(PixelParams):
             allowed = [m for m in registry.names("classification")
                        if registry.get(m).pixel_space and m != "smoothgrad"]
             raise SaliencyError(f"smoothgrad: base must be a pixel-space method ({', '.join(allowed)})")
+        # the base's parameters are validated here, once, not at every batch
+        self._base = base, base.make_params({**self.base_params, "reduce": "none"}, where="smoothgrad.base_params")
+
+    def base_method(self) -> tuple[registry.ClassificationMethod, Any]:
+        """The base method and its parameters (reduce: none: SmoothGrad reduces the mean)."""
+        if not hasattr(self, "_base"):  # built directly, not through make_params
+            self.check()
+        return self._base
 
 
 class _NoiseStream:
@@ -76,8 +84,7 @@ class _NoiseStream:
     params=SmoothGradParams,
 )
 def smoothgrad(model, images, targets, params):
-    base = registry.get(params.base)
-    base_params = base.make_params({**params.base_params, "reduce": "none"}, where="smoothgrad.base_params")
+    base, base_params = params.base_method()
     batch = images.shape[0]
     with torch.no_grad():
         logits = as_logits(model(images), batch)

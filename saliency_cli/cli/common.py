@@ -1,0 +1,118 @@
+"""What every command shares: the Typer app, logging to stderr, the one
+error handler, and the options every command takes (-c, --set, --debug).
+
+Exit codes: 0 all done; 1 some input files failed (see the manifest);
+2 bad usage, config, method, layer or model; 3 an unexpected internal error;
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 --jsonl reader gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from ..errors import SaliencyError, Terminated, interrupt_code
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = logging.getLogger("saliency")
+
+app = typer.Typer(
+    name="saliency",
+    help="Saliency maps for PyTorch image models, in batches, from the command line.\n\n"
+    "Start with: saliency explain sample_images -o out",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML config file. Default: the built-in offline "
+                 "EfficientNet-Lite0 (ImageNet) config, as in configs/efficientnet_lite0.yaml.",
+                 show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override one config value, e.g. "
+                 "--set methods.smoothgrad.n=25 (repeatable; the value is read as YAML).",
+                 show_default=False),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug messages.")]
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def setup_logging(quiet: bool, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("saliency: %(levelname_lower)s%(message)s"))
+    handler.addFilter(_LevelPrefix())
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # once per message
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            log.warning("%s", text)
+
+    warnings.showwarning = show
+
+
+class _LevelPrefix(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelname_lower = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return True
+
+
+def handle_errors(command):
+    """SaliencyError -> one line, exit 2; anything unexpected -> exit 3."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False) or os.environ.get("SALIENCY_DEBUG") == "1"
+        try:
+            return command(*args, **kwargs)
+        except SaliencyError as exc:
+            if debug:
+                traceback.print_exc()
+            print(f"saliency: error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            print("saliency: interrupted", file=sys.stderr)
+            raise typer.Exit(interrupt_code(exc)) from None
+        except Exception as exc:  # a bug: say so, briefly
+            if debug:
+                traceback.print_exc()
+            else:
+                print("saliency: internal error (rerun with --debug for the traceback)", file=sys.stderr)
+            print(f"saliency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def load(config: Path | None, sets: list[str] | None, options: dict[str, Any] | None = None) -> Config:
+    """The config of a command: file, then --set, then the command's own
+    options ({"runtime.batch_size": 16}, None values left out), one path
+    and one set of checks for all three. Imported late: `--help` stays fast."""
+    from ..config import load_config
+
+    return load_config(config, sets or [], {k: v for k, v in (options or {}).items() if v is not None})

@@ -1,0 +1,47 @@
+"""Model sources: where a model comes from, selected by one key of the
+config's `model:` section (`arch: resnet50`, `factory: pkg.mod:fn`, ...).
+
+A source is one module in this package with a `@register("key")`ed
+function `build(cfg: ModelConfig) -> model`, imported in `__init__.py`; its
+key is a field of `ModelConfig` (config.py). A checkpoint (`model.checkpoint`)
+loads over whatever the source built (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+
+Build = Callable[["ModelConfig"], Any]
+
+_SOURCES: dict[str, Build] = {}
+
+
+def register(key: str) -> Callable[[Build], Build]:
+    """Decorator registering `build` as the source selected by `model.<key>`."""
+
+    def decorate(build: Build) -> Build:
+        if key in _SOURCES:
+            raise ValueError(f"model source {key!r} is registered twice")
+        _SOURCES[key] = build
+        return build
+
+    return decorate
+
+
+def keys() -> list[str]:
+    """The `model:` keys that name a source, in registration order."""
+    return list(_SOURCES)
+
+
+def chosen(cfg: ModelConfig) -> list[str]:
+    """The source keys this model config sets (exactly one, once checked)."""
+    return [key for key in _SOURCES if getattr(cfg, key, None)]
+
+
+def build(cfg: ModelConfig) -> Any:
+    (key,) = chosen(cfg)
+    return _SOURCES[key](cfg)

@@ -1,0 +1,96 @@
+"""Resume: which methods each image still needs, from the manifest and the
+files on disk, and the settings digests that tell when a map is stale."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .discovery import InputItem
+from .records import Files, Record, read_manifest
+
+log = logging.getLogger("saliency")
+
+
+@dataclass
+class Work:
+    """One image of a run and what it still needs."""
+
+    item: InputItem
+    methods: list[str]  # methods still to compute for this image
+    previous: dict[str, Files] = field(default_factory=dict)  # outputs kept from earlier runs
+    settings: dict[str, str] = field(default_factory=dict)  # settings digest of every method in the record
+
+
+def settings_digest(cfg: Any, params: Any) -> str:
+    """What one method's outputs depend on, hashed: the model (and its
+    checkpoint file's size and time), preprocessing, target, seed, --amp, the
+    method's parameters and how its PNG is drawn. A rerun into the same
+    folder redoes the methods whose digest changed."""
+    model = dataclasses.asdict(cfg.model)
+    if cfg.model.checkpoint and os.path.isfile(cfg.model.checkpoint):
+        stat = os.stat(cfg.model.checkpoint)
+        model["checkpoint_file"] = [stat.st_size, stat.st_mtime_ns]
+    out = cfg.output
+    settings = {"model": model, "preprocess": dataclasses.asdict(cfg.preprocess), "target": cfg.runtime.target,
+                "seed": cfg.runtime.seed, "amp": cfg.runtime.amp, "params": dataclasses.asdict(params),
+                "png": [out.overlay, out.alpha, out.colormap, out.clip_percentile]}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_methods(out_dir: Path, record: Record | None, expected: dict[str, Files]) -> set[str]:
+    """Methods whose `expected` files and recorded files (a previous run
+    wrote them and said so) are all still on disk."""
+    if record is None or not record.ok:
+        return set()
+    return {
+        method for method, files in expected.items()
+        if method in record.outputs
+        and all((Path(out_dir) / rel).is_file() for rel in {*files.all(), *record.outputs[method].all()})
+    }
+
+
+def plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, *,
+         expected: Callable[[str, str], Files], grid: bool, overwrite: bool) -> list[Work]:
+    """Which methods each image still needs: those without all their files,
+    or made with other settings (all of them with --overwrite). Outputs of
+    other methods from earlier runs stay in the image's new record.
+    `expected(key, method)`: the files a method writes that are known before
+    it runs; `grid`: every image needs its grid."""
+    previous = read_manifest(out_dir)
+    names, work, changed = list(digests), [], 0
+    for item in items:
+        record = previous.get(item.key)
+        # without its grid the image is redone whole: the grid shows every method together
+        grid_missing = grid and not (record and record.grid and (out_dir / record.grid).is_file())
+        done = set() if overwrite or grid_missing else finished_methods(
+            out_dir, record, {n: expected(item.key, n) for n in names})
+        made_with = record.settings if record else {}
+        stale = {n for n in done if made_with.get(n, digests[n]) != digests[n]}  # older records: no digest
+        changed += bool(stale)
+        todo = [n for n in names if n not in done or n in stale]
+        if todo:
+            kept = _kept_outputs(out_dir, record, todo, done)
+            settings = {n: made_with[n] for n in kept if n in made_with} | {n: digests[n] for n in todo}
+            work.append(Work(item, todo, kept, settings))
+    if changed:
+        log.info("%d image(s) in %s have maps made with other settings (model, preprocessing, target, seed, "
+                 "method parameters or PNG style): redoing those maps", changed, out_dir)
+    return work
+
+
+def _kept_outputs(out_dir: Path, record: Record | None, todo: list[str], done: set[str]) -> dict[str, Files]:
+    """Outputs of the methods this run does not redo, whose files are all
+    there (those of methods in `done` were just checked)."""
+    if record is None or not record.ok:
+        return {}
+    return {n: files for n, files in record.outputs.items()
+            if n not in todo and (n in done or all((out_dir / rel).is_file() for rel in files.all()))}
