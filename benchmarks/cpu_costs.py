@@ -18,11 +18,13 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
+from saliency_cli import png
 from saliency_cli.config import load_config
 from saliency_cli.data import load_image, preprocess
 from saliency_cli.render import render_heatmap
-from saliency_cli.writer import PNG_COMPRESS_LEVEL, PNG_STRATEGY
+from saliency_cli.render_torch import render_overlays
 
 from common import sample_photos
 
@@ -53,31 +55,41 @@ def main() -> None:
         _, box = preprocess(image, cfg.preprocess)
         original = np.asarray(image)
         heat = render_heatmap(values, style="minmax", colormap="jet", size=image.size, box=box, original=original)
+        photo, maps = torch.from_numpy(original.copy()), [torch.from_numpy(values)]
 
-        def png(**options):
-            return lambda: heat.save(io.BytesIO(), format="PNG", **options)
+        def pil(**options):
+            return lambda: Image.fromarray(heat).save(io.BytesIO(), format="PNG", **options)
 
         measured = {
             "decode (load_image)": lambda: load_image(str(path)),
             "resize + to tensor (preprocess)": lambda: preprocess(image, cfg.preprocess),
-            "overlay (render_heatmap)": lambda: render_heatmap(values, style="minmax", colormap="jet",
-                                                              size=image.size, box=box, original=original),
-            "PNG encode (as written: zlib level 1, Z_RLE)": png(compress_level=PNG_COMPRESS_LEVEL,
-                                                                compress_type=PNG_STRATEGY),
-            "PNG encode, zlib level 1, default strategy": png(compress_level=1),
-            "PNG encode, Pillow's default (level 6)": png(),
+            "overlay, numpy renderer (render_heatmap), CAM-style": lambda: render_heatmap(
+                values, style="minmax", colormap="jet", size=image.size, box=box, original=original),
+            "overlay, numpy renderer, pixel-space (weighted)": lambda: render_heatmap(
+                values, style="positive", colormap="jet", size=image.size, box=box, original=original,
+                weighted=True),
+            "(overlay, torch renderer on the CPU, CAM-style)": lambda: render_overlays(
+                maps, ["minmax"], [100.0], [False], colormap="jet", size=image.size, box=box, photo=photo),
+            "PNG encode, fast (fpng)": lambda: png.encode(heat, "fast"),
+            "PNG encode, zlib (level 1, Z_RLE)": lambda: png.encode(heat, "zlib"),
+            "(PNG encode, Pillow's default, level 6)": pil(),
             ".npy write (to memory)": lambda: np.save(io.BytesIO(), values),
         }
         for step, fn in measured.items():
             steps.setdefault(step, []).append(median_ms(fn, args.repeats))
-    print(f"# CPU cost per image and method, one thread ({', '.join(sizes)})\n")
+        sizes_kib = {name: len(png.encode(heat, name)) / 1024 for name in ("fast", "zlib")}
+        steps.setdefault("PNG KiB, fast", []).append(sizes_kib["fast"])
+        steps.setdefault("PNG KiB, zlib", []).append(sizes_kib["zlib"])
+    print(f"# CPU cost per image and method, one thread ({', '.join(sizes)}); PNG encoder here: "
+          f"{png.encoder('fast')}\n")
     print("| step | ms per image (median over photos) | once per |")
     print("|---|---|---|")
     for step, ms in steps.items():
         per = "image" if step.startswith(("decode", "resize")) else "image and method"
-        if "encode," in step:
-            per = "(not used)"
-        print(f"| {step} | {statistics.median(ms):.2f} | {per} |")
+        if step.startswith("(") or "zlib" in step:
+            per = "not used by default"
+        unit = "" if "KiB" not in step else " (file size)"
+        print(f"| {step}{unit} | {statistics.median(ms):.2f} | {per} |")
 
 
 if __name__ == "__main__":

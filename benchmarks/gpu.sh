@@ -5,8 +5,8 @@
 #
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log) and STEP.json where the script writes one. STEP is any of
-#   tests effnet resnet50 convnext layouts amp workers
-# (default: all, in that order; the whole set takes about 15-25 minutes on an
+#   tests suite effnet resnet50 convnext layouts amp workers large
+# (default: all but suite, in that order; the whole set takes about 15-25 minutes on an
 # H100). A failing step is reported and the others still run; the exit code
 # is the number of failed steps.
 set -u -o pipefail
@@ -15,13 +15,29 @@ PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers large)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
+
+# A machine without network: wheels brought in .whl/ (benchmarks/gpu_wheels.sh),
+# and the tool run from this tree, with a `saliency` command beside python.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! $PY -c "import saliency_cli" 2>/dev/null; then
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+bin=$(dirname "$($PY -c 'import sys; print(sys.executable)')")
+if [ ! -e "$bin/saliency" ] && [ -w "$bin" ]; then
+  printf '#!/bin/sh\nexec "%s" -m saliency_cli "$@"\n' "$bin/$(basename "$($PY -c 'import sys; print(sys.executable)')")" >"$bin/saliency"
+  chmod +x "$bin/saliency"
+fi
 
 step() {
   case "$1" in
     tests)    $PY -m pytest -m cuda -q -p no:cacheprovider ;;
+    suite)    $PY -m pytest -q -p no:cacheprovider -x --timeout 900 ;;
     effnet)   $PY benchmarks/run.py --device cuda --batch 32 --json "$results/effnet.json" ;;
     resnet50) $PY benchmarks/run.py --device cuda --model resnet50 --batch 32 --fc-layer fc \
                 --json "$results/resnet50.json" ;;
@@ -30,7 +46,8 @@ step() {
     layouts)  $PY benchmarks/layouts.py --device cuda --batch 32 ;;
     amp)      $PY benchmarks/amp_fidelity.py --device cuda ;;
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
-    *)        echo "unknown step: $1 (tests effnet resnet50 convnext layouts amp workers)" >&2; return 2 ;;
+    large)    $PY benchmarks/large_photos.py --device cuda ;;
+    *)        echo "unknown step: $1 (tests suite effnet resnet50 convnext layouts amp workers large)" >&2; return 2 ;;
   esac
 }
 

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import device_decode
 from .discovery import InputItem
 from .errors import InputError
+from .render import shown_size
 
 if TYPE_CHECKING:  # types only: the config imports the tasks, which use this module
     from .config import PreprocessConfig
@@ -105,14 +107,19 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 class ImageDataset(torch.utils.data.Dataset):
     """Decodes in the worker; a bad file becomes an item with `error` set, so
-    one corrupt image never stops the DataLoader."""
+    one corrupt image never stops the DataLoader.
+
+    With a `device`, JPEGs are only read in the worker and decoded on that
+    device by `finish` (see device_decode.py)."""
 
     def __init__(self, items: Sequence[InputItem], cfg: PreprocessConfig, keep_original: bool,
-                 detection: bool = False):
+                 detection: bool = False, max_side: int | None = None, device: torch.device | None = None):
         self.items = items
         self.cfg = cfg
         self.keep_original = keep_original
-        self.prepare = preprocess_detection if detection else preprocess
+        self.max_side = max_side  # the photo is kept at most this large (output.png_max_side)
+        self.detection = detection
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.items)
@@ -120,16 +127,56 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         start = time.perf_counter()
         item = {"index": index, "error": None, "input": None, "original": None}
-        try:
-            img = load_image(self.items[index].path)
-            item["input"], item["box"] = self.prepare(img, self.cfg)
-            item["size"] = img.size
-            if self.keep_original:
-                item["original"] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        except InputError as exc:
-            item["error"] = str(exc)
+        raw = device_decode.read_jpeg(self.items[index].path) if self.device is not None else None
+        if raw is not None:
+            item.update(raw)
+        else:
+            self._decode(item)
         item["decode_seconds"] = time.perf_counter() - start
         return item
+
+    def _decode(self, item: dict[str, Any]) -> None:
+        """The CPU path: decode, preprocess and keep the photo, or set `error`."""
+        try:
+            img = load_image(self.items[item["index"]].path)
+            prepare = preprocess_detection if self.detection else preprocess
+            item["input"], item["box"] = prepare(img, self.cfg)
+            item["size"] = img.size
+            if self.keep_original:
+                item["original"] = _shown(img, self.max_side)
+        except InputError as exc:
+            item["error"] = str(exc)
+
+    def finish(self, batch: Batch) -> Batch:
+        """Decode the batch's raw JPEGs on the device (in the main process);
+        those the device cannot decode take the CPU path. Returns the batch
+        with its inputs stacked on the device."""
+        raw = [it for it in batch.ok if it.get("jpeg") is not None]
+        if not raw:
+            return batch
+        images = device_decode.decode([it.pop("jpeg") for it in raw], self.device)
+        for it, image in zip(raw, images):
+            if image is None:
+                self._decode(it)
+            else:
+                self._prepare_on_device(it, device_decode.orient(image, it.pop("orientation")))
+        return collate([*batch.ok, *batch.failed], device=self.device)
+
+    def _prepare_on_device(self, item: dict[str, Any], image: torch.Tensor) -> None:
+        prepare = device_decode.detector_input if self.detection else device_decode.classifier_input
+        item["input"], item["box"] = prepare(image, self.cfg)
+        item["size"] = (int(image.shape[-1]), int(image.shape[-2]))
+        if self.keep_original:
+            item["original"] = device_decode.shown(image, shown_size(item["size"], self.max_side))
+
+
+def _shown(img: Image.Image, max_side: int | None) -> torch.Tensor:
+    """The photo as its PNGs show it: uint8 [h,w,3], scaled down to
+    `max_side` (a 24-megapixel photo need not cost 24-megapixel PNGs)."""
+    size = shown_size(img.size, max_side)
+    if size != img.size:
+        img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
 
 
 @dataclass
@@ -149,10 +196,17 @@ class Batch:
         return Batch(self.ok, self.failed, x)
 
 
-def collate(items: list[dict[str, Any]]) -> Batch:
+def collate(items: list[dict[str, Any]], device: torch.device | None = None) -> Batch:
+    """Items in index order: the decoded ones' inputs stacked (moved to
+    `device` if given); none while some are raw JPEGs (ImageDataset.finish)."""
+    items = sorted(items, key=lambda it: it["index"])
     ok = [it for it in items if it["error"] is None]
     failed = [it for it in items if it["error"] is not None]
     inputs = [it["input"] for it in ok]
+    if any(t is None for t in inputs):
+        return Batch(ok, failed, None)
+    if device is not None:
+        inputs = [t.to(device, non_blocking=True) for t in inputs]
     if inputs and all(t.shape == inputs[0].shape for t in inputs):
         return Batch(ok, failed, torch.stack(inputs))
     return Batch(ok, failed, inputs or None)

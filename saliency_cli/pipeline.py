@@ -12,10 +12,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ from .methods import registry
 from .models import load_model
 from .outputs import MANIFEST, manifest_name
 from .plan import Work, plan, settings_digest
+from .profile import Profile
 from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
@@ -48,6 +50,8 @@ class RunSummary:
     stopped_early: bool = False  # --fail-fast met a failure
     seconds: float = 0.0
     merged: bool = False  # this shard merged the manifest parts
+    profile: Profile = field(default_factory=Profile)  # where the time went (--profile)
+    decoders: int = 0  # decoding worker processes (0: the main process decoded)
 
     @property
     def remaining(self) -> int:
@@ -96,7 +100,8 @@ def run(
         log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
                  summary.skipped, summary.found, out_dir)
     if work:
-        writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record)
+        writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record,
+                         png_compression=cfg.output.png_compression, profile=summary.profile)
         _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
         summary.seconds = time.perf_counter() - start
     if not summary.interrupted and not summary.stopped_early:
@@ -168,7 +173,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
         raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc
     units = sum(task.units([bound[n] for n in w.methods]) for w in work)
     bar = tasks.Progress(units, task.unit, show=progress)
-    state = tasks.Run(model, bound, labels, target, work, writer, Figures(out, writer), bar)
+    figures = Figures(out, writer, task.device, summary.profile)
+    state = tasks.Run(model, bound, labels, target, work, writer, figures, bar, summary.profile)
+    summary.decoders = loader.num_workers
     try:
         _stream(loader, task, state, summary, fail_fast)
     finally:
@@ -180,7 +187,7 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
 def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSummary, fail_fast: bool) -> None:
     """Every batch through the task; an interruption is noted in `summary`."""
     try:
-        for batch in loader:
+        for batch in _timed(loader, state.profile):
             task.explain_safely(batch, state)
             if fail_fast and (batch.failed or state.writer.counts["error"]):
                 summary.stopped_early = True
@@ -196,6 +203,27 @@ def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSu
             f"a decoding worker process died ({exc}). In a container this is usually too small a "
             "/dev/shm: give it more (docker run --shm-size=1g) or decode in this process with "
             "--set runtime.workers=0. Finished images are kept; a rerun goes on from there") from exc
+
+
+def _timed(loader: Any, profile: Profile) -> Iterator[Any]:
+    """The loader's batches, finished by the dataset where it left decoding
+    to the main process; the main thread's wait for each is idle time,
+    except the decoding it does itself when there are no workers."""
+    batches = iter(loader)
+    finish = getattr(loader.dataset, "finish", None)  # decoding left to the main process (on the device)
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        waited = time.perf_counter() - start
+        decoded = sum(it["decode_seconds"] for it in [*batch.ok, *batch.failed])
+        profile.add("decode", decoded)
+        profile.add("idle", max(0.0, waited - decoded) if loader.num_workers == 0 else waited)
+        if finish is not None:
+            with profile.timed("decode"):
+                batch = finish(batch)
+        yield batch
 
 
 def _close(writer: Writer, summary: RunSummary) -> None:

@@ -18,6 +18,8 @@ from .records import Files, Record, read_manifest
 
 log = logging.getLogger("saliency")
 
+DEFAULT_PNG_MAX_SIDE = 2048  # config.OutputConfig.png_max_side
+
 
 @dataclass
 class Work:
@@ -39,9 +41,12 @@ def settings_digest(cfg: Any, params: Any) -> str:
         stat = os.stat(cfg.model.checkpoint)
         model["checkpoint_file"] = [stat.st_size, stat.st_mtime_ns]
     out = cfg.output
+    png = [out.overlay, out.alpha, out.colormap, out.clip_percentile]
+    if out.png_max_side != DEFAULT_PNG_MAX_SIDE:  # settings added later join only when changed, so
+        png.append(out.png_max_side)              # that outputs made before they existed stay current
     settings = {"model": model, "preprocess": dataclasses.asdict(cfg.preprocess), "target": cfg.runtime.target,
                 "seed": cfg.runtime.seed, "amp": cfg.runtime.amp, "params": dataclasses.asdict(params),
-                "png": [out.overlay, out.alpha, out.colormap, out.clip_percentile]}
+                "png": png}
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

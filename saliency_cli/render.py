@@ -7,6 +7,7 @@ The raw map is never modified; scaling happens on a copy, for display only.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -69,10 +70,21 @@ def to_unit(values: np.ndarray, style: Style, percentile: float = 99.0) -> np.nd
     return np.clip(values / scale, 0.0, 1.0)
 
 
+def shown_scale(size: tuple[int, int], max_side: int | None) -> float:
+    """The factor a photo of `size` (w, h) is drawn at in PNGs: 1, or less
+    so that its longer side is `max_side` (`output.png_max_side`)."""
+    return 1.0 if max_side is None or max(size) <= max_side else max_side / max(size)
+
+
+def shown_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    scale = shown_scale(size, max_side)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def colorize(unit: np.ndarray, colormap: str) -> np.ndarray:
-    """[h,w] in [0,1] -> uint8 [h,w,3]."""
+    """[h,w] in [0,1] -> uint8 [h,w,3]: the nearest of the 256 entries."""
     index = np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return COLORMAPS[colormap][index]
+    return np.take(COLORMAPS[colormap], index, axis=0)  # 3x faster than fancy indexing, same values
 
 
 def render_heatmap(
@@ -86,9 +98,10 @@ def render_heatmap(
     alpha: float = 0.5,
     percentile: float = 99.0,
     weighted: bool = False,
-) -> Image.Image:
-    """The map at the photo's original `size` (w, h), placed on the `box` of
-    the photo that the model saw, over the photo when `original` is given.
+) -> np.ndarray:
+    """The map as uint8 [h,w,3] at `size` (w, h: the photo's, or its shown
+    size), placed on the `box` of the photo that the model saw, over the
+    photo when `original` is given.
 
     `weighted` (sparse pixel-space maps): the photo is dimmed by `alpha` and
     each pixel takes the heatmap colour in proportion to its value, so the
@@ -103,13 +116,13 @@ def render_heatmap(
     if original is None:
         canvas = np.zeros((height, width, 3), dtype=np.uint8)
         canvas[top:bottom, left:right] = colorize(unit, colors)
-        return Image.fromarray(canvas, "RGB")
+        return canvas
     canvas = np.array(original, dtype=np.uint8, copy=True)
     band = max(1, _BAND_PIXELS // max(1, right - left))  # rows at a time: float temporaries stay small
     for y in range(0, bottom - top, band):
         region = canvas[top + y:min(bottom, top + y + band), left:right]
         region[...] = _blend(region, unit[y:y + band], colors, style, alpha, weighted)
-    return Image.fromarray(canvas, "RGB")
+    return canvas
 
 
 _BAND_PIXELS = 1 << 20  # a 24-megapixel overlay blends in ~1-megapixel bands, not all at once
@@ -117,22 +130,37 @@ _BAND_PIXELS = 1 << 20  # a 24-megapixel overlay blends in ~1-megapixel bands, n
 
 def _blend(photo: np.ndarray, unit: np.ndarray, colormap: str, style: Style, alpha: float,
            weighted: bool) -> np.ndarray:
-    """The heatmap of `unit` over `photo` (uint8 [h,w,3]), as uint8."""
+    """The heatmap of `unit` over `photo` (uint8 [h,w,3]), as uint8:
+    round(photo * (1 - alpha) + heat * alpha), or with `weighted`
+    round(photo * (1 - alpha) * (1 - s) + heat * s), s the pixel's strength,
+    in float32. Neither can leave [0, 255], so no clipping is needed."""
     heat = colorize(unit, colormap)
-    blended = photo.astype(np.float32)  # in-place float math: few temporaries
-    if weighted:
-        strength = (np.abs(2 * unit - 1) if style == "signed" else unit)[..., None]
-        blended *= (1 - alpha) * (1 - strength)
-        blended += heat * strength
-    else:
-        blended *= 1 - alpha
-        blended += heat * np.float32(alpha)
-    blended += 0.5
-    return np.clip(blended, 0, 255, out=blended).astype(np.uint8)
+    if not weighted:  # each output byte depends only on (photo byte, heat byte): one table lookup
+        index = photo.astype(np.uint16)
+        index <<= 8
+        index |= heat
+        return np.take(_blend_table(float(alpha)), index)
+    strength = np.abs(2 * unit - 1) if style == "signed" else unit
+    keep = (1 - alpha) * (1 - strength)  # [h,w] float32: per pixel, not per channel
+    blended = np.multiply(photo, keep[..., None], dtype=np.float32)
+    blended += np.multiply(heat, strength[..., None], dtype=np.float32)
+    blended += np.float32(0.5)
+    return blended.astype(np.uint8)
 
 
-def draw_detection(image: Image.Image, box: tuple[float, float, float, float], text: str) -> Image.Image:
-    """Outline a detection and label it, on the image (in place) and return it."""
+@functools.lru_cache(maxsize=8)
+def _blend_table(alpha: float) -> np.ndarray:
+    """uint8 [65536]: entry photo * 256 + heat holds the blended byte, with the
+    float32 arithmetic of the weighted branch (so equal to computing it)."""
+    photo = np.arange(256, dtype=np.float32)[:, None] * np.float32(1 - alpha)
+    heat = np.arange(256, dtype=np.float32)[None, :] * np.float32(alpha)
+    return ((photo + heat) + np.float32(0.5)).astype(np.uint8).ravel()
+
+
+def draw_detection(image: np.ndarray | Image.Image, box: tuple[float, float, float, float],
+                   text: str) -> Image.Image:
+    """Outline a detection and label it on the image; returns a PIL image."""
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image, "RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 250))
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -147,14 +175,15 @@ def draw_detection(image: Image.Image, box: tuple[float, float, float, float], t
     return image
 
 
-def compose_grid(panels: list[tuple[Image.Image, str, str]], height: int = 256) -> Image.Image:
+def compose_grid(panels: list[tuple[np.ndarray | Image.Image, str, str]], height: int = 256) -> Image.Image:
     """Panels (image, title, subtitle) side by side at one height, each
     captioned above, like the comparison figures of the papers."""
     font = ImageFont.load_default(size=15)
     small = ImageFont.load_default(size=13)
     caption, gap = 40, 6
+    images = [img if isinstance(img, Image.Image) else Image.fromarray(img, "RGB") for img, _, _ in panels]
     scaled = [img.resize((max(1, round(img.width * height / img.height)), height), Image.BILINEAR)
-              for img, _, _ in panels]
+              for img in images]
     width = sum(img.width for img in scaled) + gap * (len(scaled) + 1)
     grid = Image.new("RGB", (width, height + caption + 2 * gap), (255, 255, 255))
     draw = ImageDraw.Draw(grid)

@@ -24,16 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import png
 from .outputs import MANIFEST, TMP_DIR
+from .profile import Profile
 from .records import Record
 
 log = logging.getLogger("saliency")
 
-# zlib level 1 with the run-length strategy: on a 512x512 overlay it took 24 ms
-# for 381 KiB, against 32 ms / 424 KiB for level 1's default strategy and
-# 135 ms / 383 KiB for PIL's default level 6. Overlays of photos compress little.
-PNG_COMPRESS_LEVEL = 1
-PNG_STRATEGY = 3  # zlib Z_RLE
 # memory that queued images (their photos for the overlays, their maps) may
 # hold before the run waits for the writer: 24 queued 24-megapixel photos
 # would otherwise hold 1.7 GiB
@@ -43,8 +40,11 @@ MAX_PENDING_BYTES = 512 * 2**20
 class Writer:
     def __init__(self, out_dir: Path, *, threads: int | None = None, manifest: str = MANIFEST,
                  on_record: Callable[[Record], None] | None = None,
-                 max_pending_bytes: int = MAX_PENDING_BYTES):
+                 max_pending_bytes: int = MAX_PENDING_BYTES, png_compression: png.Compression = "fast",
+                 profile: Profile | None = None):
         self.out = Path(out_dir)
+        self.png_compression = png_compression
+        self.profile = profile or Profile()
         self.out.mkdir(parents=True, exist_ok=True)
         # each process its own temporary folder: shards share OUT; a killed run's leftovers go
         self.tmp = self.out / TMP_DIR / manifest.removesuffix(".jsonl")
@@ -73,11 +73,15 @@ class Writer:
             tmp.unlink(missing_ok=True)
 
     def save_npy(self, rel: str, array: np.ndarray) -> None:
-        self._atomic(rel, lambda p: np.save(p, array, allow_pickle=False))
+        with self.profile.timed("write"):
+            self._atomic(rel, lambda p: np.save(p, array, allow_pickle=False))
 
-    def save_png(self, rel: str, image: Image.Image) -> None:
-        self._atomic(rel, lambda p: image.save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                                               compress_type=PNG_STRATEGY))
+    def save_png(self, rel: str, image: np.ndarray | Image.Image) -> None:
+        """An RGB image (uint8 [h,w,3] or PIL) as OUT/<rel> (see png.py)."""
+        with self.profile.timed("encode"):
+            data = png.encode(image, self.png_compression)
+        with self.profile.timed("write"):
+            self._atomic(rel, lambda p: p.write_bytes(data))
 
     # -- records
 
@@ -107,16 +111,20 @@ class Writer:
         while self.pending and (block or self.pending[0][0].done()):
             future, nbytes = self.pending.popleft()
             self.pending_bytes -= nbytes
+            if not future.done():  # the run waits for the writer: idle for the model
+                with self.profile.timed("idle"):
+                    future.result()
             self._append(future.result())
             block = block and self._full()
 
     def _append(self, record: Record) -> None:
         line = record.to_line().encode("utf-8")
-        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one write of a whole line: readers never see half a record
-        finally:
-            os.close(fd)
+        with self.profile.timed("write"):
+            fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)  # one write of a whole line: readers never see half a record
+            finally:
+                os.close(fd)
         self.counts["ok" if record.ok else "error"] += 1
         if not record.ok:
             log.error("%s: %s", record.input, record.error)

@@ -85,7 +85,8 @@ def test_errors_name_the_key(tmp_path, text, overrides, message):
 def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(SaliencyError) as err:
         load_config(write(tmp_path, "output: {colour: red}"))
-    assert "valid: alpha, clip_percentile, colormap, grid, npy, overlay, png, report" in str(err.value)
+    assert "valid: alpha, clip_percentile, colormap, grid, npy, overlay, png, png_compression, png_max_side, " \
+           "renderer, report" in str(err.value)
 
 
 def test_missing_config_file():

@@ -57,3 +57,50 @@ def test_batches_are_pinned_for_non_blocking_copies():
     assert collate([item, dict(item)]).pin_memory().inputs.is_pinned()
     odd = Batch([item], [], [torch.zeros(3, 8, 8), torch.zeros(3, 4, 4)]).pin_memory()  # sizes differ
     assert all(t.is_pinned() for t in odd.inputs)
+
+
+def test_overlays_drawn_on_the_gpu_match_numpy():
+    import numpy as np
+
+    from saliency_cli.render import render_heatmap
+    from saliency_cli.render_torch import render_overlays
+
+    from .test_render_torch import CASES, random_case
+
+    rng = np.random.default_rng(0)
+    total = beyond = 0
+    for style, percentile, weighted in CASES * 4:
+        values, size, box, photo = random_case(rng, style)
+        ours = render_heatmap(values, style=style, colormap="jet", size=size, box=box, original=photo,
+                              percentile=percentile, weighted=weighted)
+        theirs = render_overlays([torch.from_numpy(values).cuda()], [style], [percentile], [weighted], colormap="jet",
+                                 size=size, box=box, photo=torch.from_numpy(photo).cuda())
+        assert theirs.device.type == "cuda"
+        gap = np.abs(ours.astype(int) - theirs[0].cpu().numpy()).max(-1)
+        total, beyond = total + gap.size, beyond + (gap > 1).sum()
+    assert beyond / total < 1e-3
+
+
+def test_jpegs_decoded_with_nvjpeg_match_the_cpu_path(tmp_path):
+    """The whole device path on a GPU: nvjpeg, resizing, rendering; bad
+    files get the same records as on the CPU path."""
+    import numpy as np
+    from PIL import Image
+
+    from saliency_cli.data import load_image
+
+    from .test_device_decode import run
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = np.asarray(load_image(str(SAMPLES / "chelsea.png")))
+    Image.fromarray(photo).save(folder / "cat.jpg", quality=92)
+    (folder / "cut.jpg").write_bytes((folder / "cat.jpg").read_bytes()[:5000])
+    Image.fromarray(photo).save(folder / "cat.png")
+    cpu, on_cpu = run(folder, tmp_path / "cpu", "--device", "cpu")
+    gpu, on_gpu = run(folder, tmp_path / "gpu", "--device", "cuda", "--profile")
+    assert cpu.returncode == gpu.returncode == 1, gpu.stderr
+    assert {k: r["status"] for k, r in on_gpu.items()} == {k: r["status"] for k, r in on_cpu.items()}
+    for key in ("cat.jpg", "cat.png"):
+        a, b = (np.load(tmp_path / d / key / "grad-cam.npy") for d in ("cpu", "gpu"))
+        assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, key

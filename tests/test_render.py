@@ -37,7 +37,7 @@ def test_overlay_at_original_size_only_inside_the_box():
     img = render_heatmap(values, style="positive", colormap="gray", size=(60, 40), box=(10, 0, 50, 40),
                          original=original, alpha=0.5)
     arr = np.asarray(img)
-    assert img.size == (60, 40)
+    assert arr.shape == (40, 60, 3) and arr.dtype == np.uint8
     assert (arr[:, :10] == 100).all() and (arr[:, 50:] == 100).all()
     assert abs(int(arr[20, 30, 0]) - (100 + 255) // 2) <= 1
     bare = np.asarray(render_heatmap(values, style="positive", colormap="gray", size=(60, 40),

@@ -22,6 +22,7 @@ from saliency_cli import tasks
 from saliency_cli.cli import app
 from saliency_cli.config import Config
 from saliency_cli.data import normalize
+from saliency_cli.figures import Picture
 from saliency_cli.methods import registry
 from saliency_cli.methods.registry import Attribution, Method, as_logits, select_targets
 
@@ -190,14 +191,15 @@ class Scoring(tasks.Task):
             work = run.work[it["index"]]
             record = self.new_record(work, it)
             record.fields["score"] = round(scores[i], 6)
-            jobs, panels = [], {}
+            jobs, pictures = [], []
             for name in work.methods:
                 bound = run.methods[name]
-                values = bound.method.compute(run.model, x[i:i + 1], bound.params)[0].numpy()
+                values = bound.method.compute(run.model, x[i:i + 1], bound.params)[0]
                 record.outputs[name] = files = self.expected_files(work.item.key, name)
-                jobs.append(partial(run.writer.save_npy, files.npy, values))
-                jobs += [partial(run.figures.heatmap, bound.method, bound.params, rel, values, it, panels)
-                         for rel in files.pngs]
+                jobs.append(partial(run.writer.save_npy, files.npy, values.numpy()))
+                shown = values if run.figures.device is not None else values.numpy()
+                pictures += [Picture(rel, bound.method, bound.params, shown) for rel in files.pngs]
+            jobs += run.figures.jobs(pictures, it, {})
             run.writer.submit(record, jobs, nbytes=self.photo_bytes(it))
 
 

@@ -52,6 +52,8 @@ Amp = Annotated[bool, _opt("--amp", help="Autocast classifiers to bfloat16: fast
                 "bfloat16 units; CAM maps barely change, raw gradients do (see README).")]
 FailFast = Annotated[bool, _opt("--fail-fast", help="Stop after the batch in which an input first fails (exit "
                      "code 1) instead of recording it and going on.")]
+Profile = Annotated[bool, _opt("--profile", help="At the end, print on stderr where the time went: decode, "
+                    "transfer, attribution, render, encode, write, idle (seconds and share of the wall time).")]
 Shard = Annotated[Optional[str], _opt("--shard", metavar="K/N", help="Process only shard K (0..N-1) of N of the "
                   "sorted inputs; under torchrun the run shards itself by RANK/WORLD_SIZE. The last shard to "
                   "finish merges the manifests.")]
@@ -78,7 +80,8 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
             batch_size: BatchSize = None, device: Device = None, target: Target = None, top_k: TopK = None,
             overwrite: Overwrite = False, quiet: Quiet = False, jsonl: Jsonl = False, grid: Grid = False,
             report: Report = False, no_overlay: NoOverlay = False, colormap: Colormap = None, amp: Amp = False,
-            fail_fast: FailFast = False, shard: Shard = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+            fail_fast: FailFast = False, shard: Shard = None, profile: Profile = False, set_: SetOpt = None,
+            debug: DebugOpt = False) -> None:
     """Explain images: write heatmap PNGs, raw .npy maps and a manifest."""
     setup_logging(quiet, debug)
     # every option reaches the config as --set and the file do, and is checked with them
@@ -98,6 +101,9 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
         shard=_parse_shard(shard), fail_fast=fail_fast,
     )
     _tell(summary, out)
+    if profile and summary.seconds:
+        where = f"in {summary.decoders} worker process(es)" if summary.decoders else "in the main process"
+        print(summary.profile.table(summary.seconds, {"decode": where}), file=sys.stderr)
     raise typer.Exit(summary.exit_code)
 
 

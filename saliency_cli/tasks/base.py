@@ -38,6 +38,7 @@ from ..methods.layers import check_layers
 from ..methods.registry import Method
 from ..outputs import npy_path, png_path
 from ..plan import Work
+from ..profile import Profile
 from ..records import Files, Record
 from ..runtime import prepare_model
 from ..writer import Writer
@@ -96,6 +97,7 @@ class Run:
     writer: Writer
     figures: Figures
     progress: Progress
+    profile: Profile
 
 
 class Task:
@@ -131,7 +133,14 @@ class Task:
         return None
 
     def dataset(self, items: Sequence[InputItem], keep_original: bool) -> ImageDataset:
-        return ImageDataset(items, self.cfg.preprocess, keep_original=keep_original)
+        return ImageDataset(items, self.cfg.preprocess, keep_original=keep_original,
+                            max_side=self.cfg.output.png_max_side, device=self.decode_device)
+
+    @property
+    def decode_device(self) -> torch.device | None:
+        """Where JPEGs are decoded when not in the workers (runtime.decode)."""
+        decode = self.cfg.runtime.decode
+        return self.device if decode == "device" or (decode == "auto" and self.device.type == "cuda") else None
 
     @property
     def batch_size(self) -> int:

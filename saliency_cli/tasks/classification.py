@@ -17,6 +17,8 @@ import torch
 
 from ..data import Batch, normalize
 from ..errors import SaliencyError
+from ..figures import Picture
+from ..plan import Work
 from ..records import Record
 from ..runtime import StopWatch, amp_context, prepare_model
 from ..targets import label_of
@@ -29,6 +31,7 @@ class _Explained:
     """One batch's results on the host."""
 
     maps: dict[str, np.ndarray]  # method -> float32 [B,H,W] (or [B,C,H,W])
+    on_device: dict[str, torch.Tensor]  # the same maps where they were computed
     seconds: dict[str, float]  # method -> seconds per image
     top: list[list[tuple[int, float]]]  # per image: top-k (class, probability)
     targets: list[tuple[int, float]]  # per image: (class explained, its probability)
@@ -56,27 +59,34 @@ class Classification(Task):
     def explain(self, batch: Batch, run: Run) -> None:
         works = [run.work[it["index"]] for it in batch.ok]
         names = list(dict.fromkeys(n for w in works for n in w.methods))
-        x = normalize(batch.inputs.to(self.device, non_blocking=True), self.cfg.preprocess)
-        if self.cfg.runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        explained = self._attribute(x, names, run)
+        with run.profile.timed("transfer"):
+            x = normalize(batch.inputs.to(self.device, non_blocking=True), self.cfg.preprocess)
+            if self.cfg.runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        with run.profile.timed("attribution"):
+            explained = self._attribute(x, names, run)
         for i, (it, work) in enumerate(zip(batch.ok, works)):
-            record = self.new_record(work, it)
-            record.fields["predictions"] = [_prediction(run, c, p) for c, p in explained.top[i]]
-            record.fields["target"] = _prediction(run, *explained.targets[i])
-            record.seconds.update({n: explained.seconds[n] for n in work.methods})
-            jobs, panels = [], {}
-            for name in work.methods:
-                bound, values = run.methods[name], explained.maps[name][i]
-                record.outputs[name] = files = self.expected_files(work.item.key, name)
-                if files.npy:
-                    jobs.append(partial(run.writer.save_npy, files.npy, values))
-                jobs += [partial(run.figures.heatmap, bound.method, bound.params, rel, values, it, panels)
-                         for rel in files.pngs]
-            if self.cfg.output.grid:
-                jobs.append(run.figures.grid_job(record, it, panels, _caption))
-            held = sum(explained.maps[name][i].nbytes for name in work.methods)
-            run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held)
+            self._submit(run, it, work, explained, i)
+
+    def _submit(self, run: Run, it: dict, work: Work, explained: _Explained, i: int) -> None:
+        """Image i's record and file jobs, to the writer."""
+        record = self.new_record(work, it)
+        record.fields["predictions"] = [_prediction(run, c, p) for c, p in explained.top[i]]
+        record.fields["target"] = _prediction(run, *explained.targets[i])
+        record.seconds.update({n: explained.seconds[n] for n in work.methods})
+        jobs, panels, pictures = [], {}, []
+        for name in work.methods:
+            bound, values = run.methods[name], explained.maps[name][i]
+            record.outputs[name] = files = self.expected_files(work.item.key, name)
+            if files.npy:
+                jobs.append(partial(run.writer.save_npy, files.npy, values))
+            shown = values if run.figures.device is None else explained.on_device[name][i]
+            pictures += [Picture(rel, bound.method, bound.params, shown) for rel in files.pngs]
+        jobs += run.figures.jobs(pictures, it, panels)
+        if self.cfg.output.grid:
+            jobs.append(run.figures.grid_job(record, it, panels, _caption))
+        held = sum(explained.maps[name][i].nbytes for name in work.methods) + run.figures.held(pictures, it)
+        run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held)
 
     def _attribute(self, x: torch.Tensor, names: list[str], run: Run) -> _Explained:
         size = x.shape[0]
@@ -98,7 +108,7 @@ class Classification(Task):
         top = [list(zip(c, p)) for c, p in zip(top_c.cpu().tolist(), top_p.cpu().tolist())]
         chosen = list(zip(targets.cpu().tolist(), target_p.cpu().tolist()))
         seconds = {name: round(s / size, 5) for name, s in watch.seconds().items()}
-        return _Explained(host, seconds, top, chosen)
+        return _Explained(host, maps, seconds, top, chosen)
 
 
 def _prediction(run: Run, index: int, prob: float) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import nn
 from ..data import Batch, ImageDataset
 from ..detection import DetectionExplanation, as_detector, num_classes
 from ..discovery import InputItem
+from ..figures import Picture
 from ..outputs import detection_png_path, npy_path
 from ..plan import Work
 from ..records import Files, Record
@@ -54,7 +55,8 @@ class Detection(Task):
         return num_classes(model) if isinstance(model, nn.Module) else None
 
     def dataset(self, items: Sequence[InputItem], keep_original: bool) -> ImageDataset:
-        return ImageDataset(items, self.cfg.preprocess, keep_original=keep_original, detection=True)
+        return ImageDataset(items, self.cfg.preprocess, keep_original=keep_original, detection=True,
+                            max_side=self.cfg.output.png_max_side, device=self.decode_device)
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +64,9 @@ class Detection(Task):
 
     def explain(self, batch: Batch, run: Run) -> None:
         for it, image in zip(batch.ok, batch.inputs):
-            self._explain_one(it, image.to(self.device, non_blocking=True).float() / 255.0, run)
+            with run.profile.timed("transfer"):
+                image = image.to(self.device, non_blocking=True).float() / 255.0
+            self._explain_one(it, image, run)
 
     def _explain_one(self, it: dict, image: torch.Tensor, run: Run) -> None:
         work = run.work[it["index"]]
@@ -71,7 +75,8 @@ class Detection(Task):
         watch = StopWatch(self.device)
         for name in work.methods:
             bound = run.methods[name]
-            explained = bound.method.run(self.detector, image, run.target, bound.params, run.progress)
+            with run.profile.timed("attribution"):
+                explained = bound.method.run(self.detector, image, run.target, bound.params, run.progress)
             watch.lap(name)
             if not len(explained.detections):
                 log.info("%s: %s %s", work.item.path, name, explained.note or "found no detection to explain")
@@ -91,7 +96,8 @@ class Detection(Task):
         scale = np.array([width / input_size[1], height / input_size[0]] * 2)  # input -> photo pixels
         record.outputs[bound.name] = files = self.expected_files(work.item.key, bound.name)
         jobs: list = [partial(run.writer.save_npy, files.npy, maps)] if files.npy else []
-        record.fields["detections"] = []
+        record.fields["detections"], pictures = [], []
+        shown = maps if run.figures.device is None else explained.maps
         for k in range(len(dets)):
             box = (dets.boxes[k].numpy() * scale).round(2).tolist()
             label, score = label_of(run.labels, int(dets.labels[k])), float(dets.scores[k])
@@ -99,10 +105,10 @@ class Detection(Task):
             if files.many_pngs:
                 entry["png"] = detection_png_path(work.item.key, bound.name, k)
                 files.pngs.append(entry["png"])
-                jobs.append(partial(run.figures.heatmap, bound.method, bound.params, entry["png"], maps[k], it,
-                                    panels, (box, f"{label} {score:.2f}")))
+                pictures.append(Picture(entry["png"], bound.method, bound.params, shown[k],
+                                        (box, f"{label} {score:.2f}")))
             record.fields["detections"].append(entry)
-        return jobs
+        return jobs + run.figures.jobs(pictures, it, panels)
 
 
 def _caption(record: Record, rel: str | None) -> str:
