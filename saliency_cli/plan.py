@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,15 @@ def plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, *,
         log.info("%d image(s) in %s have maps made with other settings (model, preprocessing, target, seed, "
                  "method parameters or PNG style): redoing those maps", changed, out_dir)
     return work
+
+
+def narrow(work: list[Work], methods: Collection[str]) -> list[Work]:
+    """The work restricted to `methods` (those that apply to the model);
+    images left with none are dropped."""
+    narrowed = [dataclasses.replace(w, methods=[n for n in w.methods if n in methods],
+                                    settings={n: d for n, d in w.settings.items() if n in methods or n in w.previous})
+                for w in work]
+    return [w for w in narrowed if w.methods]
 
 
 def _kept_outputs(out_dir: Path, record: Record | None, todo: list[str], done: set[str]) -> dict[str, Files]:
