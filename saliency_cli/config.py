@@ -11,6 +11,7 @@ parameters the same way.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,19 +29,23 @@ from .schema import from_mapping
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_FACTORY = "saliency_cli.models:efficientnet_lite0"
+_FALLBACK = {"size": [224, 224], "crop_fraction": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+             "interpolation": "bilinear"}
 
 
 @dataclass
 class ModelConfig:
-    """Where the model comes from: exactly one source key (`arch` or
-    `factory`: models/sources.py), or a trusted pickled `checkpoint` on its own."""
+    """Where the model comes from: exactly one source key (`arch`, `factory`
+    or `timm`: models/sources.py), or a trusted pickled `checkpoint` on its own."""
 
     arch: str | None = None  # torchvision builder name, e.g. resnet50
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
     factory: str | None = None  # "package.module:callable" returning an nn.Module
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder or factory
+    timm: str | None = None  # timm model name, e.g. vit_small_patch16_224 (pip install 'saliency-cli[timm]')
+    pretrained: bool = False  # timm: its weights, from the local cache only (never downloaded)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder, factory or timm.create_model
     checkpoint: str | None = None  # state-dict file loaded over the built model
-    num_classes: int | None = None  # torchvision architectures only
+    num_classes: int | None = None  # torchvision and timm models
     strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "_orig_mod."])
     trust_checkpoint: bool = False  # allow unpickling a whole model (runs code from the file)
 
@@ -51,29 +56,42 @@ class ModelConfig:
                                 f"{'not both' if len(chosen) == 2 else 'only one'}")
         if not chosen and not (self.checkpoint and self.trust_checkpoint):
             raise SaliencyError(
-                "model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
-                " or a pickled 'checkpoint' with 'trust_checkpoint: true'"
+                "model: name an 'arch' (torchvision), a 'factory' (package.module:callable), a 'timm'"
+                " model, or a pickled 'checkpoint' with 'trust_checkpoint: true'"
             )
         if self.weights and not self.arch:
             raise SaliencyError("model.weights applies to torchvision 'arch' models only")
         if self.weights and self.checkpoint:
             raise SaliencyError("model: give either 'weights' or 'checkpoint', not both")
+        if self.pretrained and not self.timm:
+            raise SaliencyError("model.pretrained applies to 'timm' models only (torchvision: model.weights)")
+        if self.pretrained and self.checkpoint:
+            raise SaliencyError("model: give either 'pretrained: true' or 'checkpoint', not both")
 
 
 @dataclass
 class PreprocessConfig:
     """How a photo becomes the model input. `stretch` resizes the whole photo
     to `size`, so every pixel is explained and maps project back onto it;
-    `center-crop` resizes the shorter side to size/crop_fraction and crops."""
+    `center-crop` resizes the shorter side to size/crop_fraction and crops.
+    Keys left unset (null) take the model source's values where it knows
+    them (timm: the model's pretrained_cfg), else those of _FALLBACK."""
 
-    size: list[int] | int = field(default_factory=lambda: [224, 224])  # [height, width] or one int
+    size: list[int] | int | None = None  # [height, width] or one int; default [224, 224]
     resize: Literal["stretch", "center-crop"] = "stretch"
-    crop_fraction: float = 0.875
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    crop_fraction: float | None = None  # default 0.875
+    mean: list[float] | None = None  # default ImageNet's
+    std: list[float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] | None = None  # default bilinear
     # task: detection only. Detectors get the photo itself, in [0,1] (torchvision
     # detectors resize and normalise inside); max_size caps its longer side.
     max_size: int | None = None
+
+    def __post_init__(self) -> None:  # plain attributes, not fields: the dump shows the values only
+        self.unset = [key for key in _FALLBACK if getattr(self, key) is None]
+        self.taken: tuple[str, list[str]] | None = None  # (from where, keys): set by sources.fill_preprocess
+        for key in self.unset:
+            setattr(self, key, copy.deepcopy(_FALLBACK[key]))
 
     def check(self) -> None:
         if isinstance(self.size, int):
@@ -155,6 +173,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.run is None:
             self.run = list(tasks.get(self.task).default_run)
+        sources.fill_preprocess(self.preprocess, self.model)
 
     def check(self) -> None:
         tasks.get(self.task)
@@ -196,7 +215,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     for key, value in (options or {}).items():
         set_value(data, key, value)
     model = data.get("model")
-    if path is None and isinstance(model, dict) and not ({"arch", "factory"} & model.keys()
+    if path is None and isinstance(model, dict) and not (set(sources.keys()) & model.keys()
                                                          or model.get("trust_checkpoint")):
         # `--set model.checkpoint=...` on the built-in default: the default model, not none
         data["model"] = {"factory": Config().model.factory, **model}
@@ -263,7 +282,9 @@ def dump_config(cfg: Config) -> str:
     with every method's parameters filled in with their defaults."""
     data = cfg.to_dict()
     data["methods"] = {name: dataclasses.asdict(cfg.method_params(name)) for name in registry.names()}
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    taken = cfg.preprocess.taken
+    note = f"# preprocess {', '.join(taken[1])}: from {taken[0]}\n" if taken else ""
+    return note + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 class _Dumper(yaml.SafeDumper):
