@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,35 @@ def test_grad_cam_on_a_vit_equals_an_independent_computation(name):
     want = independent_grad_cam(model, x, targets, default, prefix)
     assert got.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def min_max(maps):
+    """pytorch-grad-cam's scale_cam_image, per map."""
+    maps = maps - maps.min(axis=(1, 2), keepdims=True)
+    return maps / (1e-7 + maps.max(axis=(1, 2), keepdims=True))
+
+
+def test_grad_cam_on_a_vit_equals_pytorch_grad_cam():
+    """Its documented ViT recipe: norm1 of the last block, a reshape_transform
+    dropping the prefix tokens. It scales each map to [0, 1] (before and after
+    cv2's bilinear resize); ours is raw and resized by torch."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = timm_vit("deit_tiny_distilled_patch16_224")  # class and distillation tokens
+
+    def reshape(tokens):
+        return tokens[:, 2:].reshape(tokens.shape[0], 4, 4, tokens.shape[2]).permute(0, 3, 1, 2)
+
+    torch.manual_seed(2)
+    x, targets = torch.randn(2, 3, 32, 32), [3, 1]
+    with GradCAM(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as reference:
+        theirs = reference(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets])
+    ours = sal.attribute(model, x, "grad-cam", targets=torch.tensor(targets), upsample=False).numpy()
+    resized = np.stack([cv2.resize(m.astype(np.float32), (32, 32)) for m in min_max(ours)])
+    np.testing.assert_allclose(theirs, min_max(np.maximum(resized, 0)), atol=1e-5)
 
 
 def patch_gradient(model, x, layer, prefix):
