@@ -7,8 +7,9 @@ The head is found from the forward pass itself (no extra pass): the input of
 the last global average pooling is A, and the weights are those of the
 linear layer (or 1x1 convolution) that turns the pooled vector into the
 logits. A 1x1 convolution before the pooling (conv -> GAP -> logits) works
-too, and so does a head pooling an NHWC map (`x.mean((1, 2))`: timm's Swin). Anything else between the pooling and the logits (an MLP, a LayerNorm)
-makes CAM undefined: `has_cam_head`, the method's declared need, says so
+too, and so does a head pooling an NHWC map (`x.mean((1, 2))`: timm's
+Swin). Anything else between the pooling and the logits (an MLP, a
+LayerNorm) makes CAM undefined: `has_cam_head`, the method's declared need, says so
 before a run starts (`-m all` skips CAM, naming why), and the error says to
 use grad-cam.
 
