@@ -15,137 +15,24 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from . import tasks
+from .config_sections import (  # noqa: F401  (the sections are part of the config's interface)
+    DEFAULT_FACTORY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelConfig,
+    OutputConfig,
+    PreprocessConfig,
+    RuntimeConfig,
+)
 from .errors import SaliencyError
 from .methods import registry
 from .models import sources
 from .schema import from_mapping
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-DEFAULT_FACTORY = "saliency_cli.models:efficientnet_lite0"
-
-
-@dataclass
-class ModelConfig:
-    """Where the model comes from: exactly one source key (`arch` or
-    `factory`: models/sources.py), or a trusted pickled `checkpoint` on its own."""
-
-    arch: str | None = None  # torchvision builder name, e.g. resnet50
-    weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
-    factory: str | None = None  # "package.module:callable" returning an nn.Module
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder or factory
-    checkpoint: str | None = None  # state-dict file loaded over the built model
-    num_classes: int | None = None  # torchvision architectures only
-    strip_prefixes: list[str] = field(default_factory=lambda: ["module.", "_orig_mod."])
-    trust_checkpoint: bool = False  # allow unpickling a whole model (runs code from the file)
-
-    def check(self) -> None:
-        chosen = sources.chosen(self)
-        if len(chosen) > 1:
-            raise SaliencyError(f"model: give either {' or '.join(repr(k) for k in chosen)}, "
-                                f"{'not both' if len(chosen) == 2 else 'only one'}")
-        if not chosen and not (self.checkpoint and self.trust_checkpoint):
-            raise SaliencyError(
-                "model: name an 'arch' (torchvision), a 'factory' (package.module:callable),"
-                " or a pickled 'checkpoint' with 'trust_checkpoint: true'"
-            )
-        if self.weights and not self.arch:
-            raise SaliencyError("model.weights applies to torchvision 'arch' models only")
-        if self.weights and self.checkpoint:
-            raise SaliencyError("model: give either 'weights' or 'checkpoint', not both")
-
-
-@dataclass
-class PreprocessConfig:
-    """How a photo becomes the model input. `stretch` resizes the whole photo
-    to `size`, so every pixel is explained and maps project back onto it;
-    `center-crop` resizes the shorter side to size/crop_fraction and crops."""
-
-    size: list[int] | int = field(default_factory=lambda: [224, 224])  # [height, width] or one int
-    resize: Literal["stretch", "center-crop"] = "stretch"
-    crop_fraction: float = 0.875
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    # task: detection only. Detectors get the photo itself, in [0,1] (torchvision
-    # detectors resize and normalise inside); max_size caps its longer side.
-    max_size: int | None = None
-
-    def check(self) -> None:
-        if isinstance(self.size, int):
-            self.size = [self.size, self.size]
-        if len(self.size) != 2 or min(self.size) < 8:
-            raise SaliencyError(f"preprocess.size: expected [height, width] >= 8, got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise SaliencyError("preprocess.mean and preprocess.std need 3 values (std > 0)")
-        if not 0 < self.crop_fraction <= 1:
-            raise SaliencyError("preprocess.crop_fraction must be in (0, 1]")
-        if self.max_size is not None and self.max_size < 8:
-            raise SaliencyError("preprocess.max_size must be >= 8")
-
-
-@dataclass
-class OutputConfig:
-    png: bool = True  # heatmap PNG at the photo's size (capped by png_max_side)
-    npy: bool = True  # raw float32 map at model-input resolution
-    overlay: bool = True  # blend the heatmap over the photo (false: bare heatmap)
-    alpha: float = 0.5  # heatmap opacity in the overlay
-    colormap: Literal["jet", "viridis", "inferno", "gray"] = "jet"  # signed maps: blue-white-red
-    # display scale: the map's value at this percentile is the top colour; null:
-    # 99 for pixel-space methods (as the SmoothGrad paper shows them), 100 otherwise
-    clip_percentile: float | None = None
-    grid: bool = False  # OUT/<image>/grid.png: the photo and every method side by side
-    report: bool = False  # OUT/report.html: every image and method, browsable
-    # PNGs of larger photos are drawn at this longer side (the .npy never changes); null: full size
-    png_max_side: int | None = 2048
-    # fast: fpng where installed (about 20x faster than zlib, files about 20% larger); zlib: smaller files
-    png_compression: Literal["fast", "zlib"] = "fast"
-    # where overlays are drawn: auto (on the GPU when the model runs on one, else numpy on the
-    # writer threads) | numpy | torch (on the model's device)
-    renderer: Literal["auto", "numpy", "torch"] = "auto"
-
-    def check(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise SaliencyError("output.alpha must be between 0 and 1")
-        if self.png_max_side is not None and self.png_max_side < 16:
-            raise SaliencyError("output.png_max_side must be >= 16 (or null: full size)")
-        if self.clip_percentile is not None and not 50 <= self.clip_percentile <= 100:
-            raise SaliencyError("output.clip_percentile must be between 50 and 100")
-        if self.grid and not self.png:
-            raise SaliencyError("output.grid needs output.png")
-        if not (self.png or self.npy):
-            raise SaliencyError("output: at least one of png and npy must be true")
-
-
-@dataclass
-class RuntimeConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 8
-    workers: int | None = None  # image-decoding processes; null: cores torch leaves idle (CPU), up to 4 (CUDA)
-    seed: int = 0
-    target: int | str = "predicted"  # predicted | class index | class name
-    top_k: int = 5
-    # classifiers: weights and inputs in channels-last memory order (0.75-0.97x
-    # the time on five convnets, benchmarks/layouts.py; same maps to rounding)
-    channels_last: bool = True
-    # classifiers: autocast to bfloat16 (float16 where a GPU lacks it); 0.45-0.68x
-    # the time on a CPU with bfloat16 units, and the maps change (README)
-    amp: bool = False
-    # where JPEGs are decoded: auto (on the GPU, with nvjpeg, when the model runs on CUDA;
-    # else in the decoding workers) | cpu | device (on the model's device, whatever it is)
-    decode: Literal["auto", "cpu", "device"] = "auto"
-
-    def check(self) -> None:
-        if self.batch_size < 1:
-            raise SaliencyError("runtime.batch_size must be >= 1")
-        if self.workers is not None and self.workers < 0:
-            raise SaliencyError("runtime.workers must be >= 0")
-        if self.top_k < 1:
-            raise SaliencyError("runtime.top_k must be >= 1")
 
 
 @dataclass
@@ -167,6 +54,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.run is None:
             self.run = list(tasks.get(self.task).default_run)
+        sources.fill_preprocess(self.preprocess, self.model)
 
     def check(self) -> None:
         tasks.get(self.task)
@@ -208,7 +96,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     for key, value in (options or {}).items():
         set_value(data, key, value)
     model = data.get("model")
-    if path is None and isinstance(model, dict) and not ({"arch", "factory"} & model.keys()
+    if path is None and isinstance(model, dict) and not (set(sources.keys()) & model.keys()
                                                          or model.get("trust_checkpoint")):
         # `--set model.checkpoint=...` on the built-in default: the default model, not none
         data["model"] = {"factory": Config().model.factory, **model}
@@ -275,7 +163,9 @@ def dump_config(cfg: Config) -> str:
     with every method's parameters filled in with their defaults."""
     data = cfg.to_dict()
     data["methods"] = {name: dataclasses.asdict(cfg.method_params(name)) for name in registry.names()}
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    taken = cfg.preprocess.taken
+    note = f"# preprocess {', '.join(taken[1])}: from {taken[0]}\n" if taken else ""
+    return note + yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 class _Dumper(yaml.SafeDumper):

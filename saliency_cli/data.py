@@ -70,20 +70,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+             "lanczos": Image.LANCZOS}
+
+
 def preprocess(img: Image.Image, cfg: PreprocessConfig) -> tuple[torch.Tensor, tuple[float, ...]]:
     """Classifier input: uint8 [3,H,W] and the box (left, top, right,
     bottom) of the photo, in its own pixels, that the input shows."""
     width, height = img.size
     out_h, out_w = cfg.size
+    resample = _RESAMPLE[cfg.interpolation or "bilinear"]
     if cfg.resize == "stretch":
         box = (0.0, 0.0, float(width), float(height))
-        img = img.resize((out_w, out_h), Image.BILINEAR)
+        img = img.resize((out_w, out_h), resample)
     else:  # center-crop: the shorter side scaled to size/crop_fraction, then the middle
         scale = (min(out_h, out_w) / cfg.crop_fraction) / min(width, height)
         crop_w, crop_h = out_w / scale, out_h / scale
         left, top = (width - crop_w) / 2, (height - crop_h) / 2
         box = (left, top, left + crop_w, top + crop_h)
-        img = img.resize((out_w, out_h), Image.BILINEAR, box=box)
+        img = img.resize((out_w, out_h), resample, box=box)
     return _to_tensor(img), box
 
 

@@ -8,7 +8,8 @@ the overlays. Other formats, JPEGs the device path does not take (CMYK,
 unreadable headers, no end marker: truncated) and any JPEG the device fails
 to decode take the CPU path (data.py), with its error messages.
 
-Resizing is bilinear with antialiasing, as Pillow's on the CPU path; the
+Resizing is antialiased, bilinear or bicubic, as Pillow's on the CPU path
+(other `preprocess.interpolation` values decode on the CPU path); the
 decoders (libjpeg-turbo, nvjpeg) and the resize arithmetic differ in the
 last bits, so maps from the two paths agree closely, not exactly (tested).
 Center-crop takes the crop box rounded to whole pixels here (Pillow
@@ -96,28 +97,33 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [3,H,W] -> uint8 [3,h,w] (size = h, w), bilinear, antialiased
-    (torchvision's: on the CPU its uint8 kernel follows Pillow's arithmetic)."""
+INTERPOLATIONS = ("bilinear", "bicubic")  # preprocess.interpolation values this path resizes with
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """uint8 [3,H,W] -> uint8 [3,h,w] (size = h, w), antialiased, as Pillow
+    resizes (torchvision's: on the CPU its uint8 kernel follows Pillow's arithmetic)."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     from torchvision.transforms.v2.functional import InterpolationMode
     from torchvision.transforms.v2.functional import resize as tv_resize
 
-    return tv_resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    return tv_resize(image, list(size), interpolation=mode, antialias=True)
 
 
 def classifier_input(image: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, tuple[float, ...]]:
     """data.preprocess on the device: the input [3,h,w] and the box of the photo it shows."""
     height, width = image.shape[-2:]
     out_h, out_w = cfg.size
+    mode = cfg.interpolation or "bilinear"
     if cfg.resize == "stretch":
-        return resize(image, (out_h, out_w)), (0.0, 0.0, float(width), float(height))
+        return resize(image, (out_h, out_w), mode), (0.0, 0.0, float(width), float(height))
     scale = (min(out_h, out_w) / cfg.crop_fraction) / min(width, height)
     crop_w, crop_h = min(width, round(out_w / scale)), min(height, round(out_h / scale))
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
     crop = image[:, top:top + crop_h, left:left + crop_w]
-    return resize(crop, (out_h, out_w)), (float(left), float(top), float(left + crop_w), float(top + crop_h))
+    return resize(crop, (out_h, out_w), mode), (float(left), float(top), float(left + crop_w), float(top + crop_h))
 
 
 def detector_input(image: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, tuple[float, ...]]:

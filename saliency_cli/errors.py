@@ -16,6 +16,11 @@ class SaliencyError(Exception):
     """A problem the user can fix; its message is shown without a traceback."""
 
 
+class NotApplicable(SaliencyError):
+    """The model lacks what a method needs (a CAM head, a feature map,
+    attention): an error when the method is named, a skip under `-m all`."""
+
+
 class InputError(Exception):
     """One input file could not be used (corrupt, truncated, not an image...)."""
 

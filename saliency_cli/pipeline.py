@@ -29,7 +29,7 @@ from .figures import Figures
 from .methods import registry
 from .models import load_model
 from .outputs import MANIFEST, manifest_name
-from .plan import Work, plan, settings_digest
+from .plan import Work, narrow, plan, settings_digest
 from .profile import Profile
 from .records import Record, finish_shard
 from .report import write_report
@@ -114,13 +114,14 @@ def run(
 def _bind(cfg: Config, methods: Sequence[str] | None) -> dict[str, tasks.Bound]:
     """-m names (else the config's `run` list), `all` expanded to every method
     of the config's task in registry order, each checked against the task,
-    with its parameters (validated when the config was)."""
-    names = list(dict.fromkeys(methods or cfg.run))
-    if "all" in names:
-        names = list(dict.fromkeys(n for m in names for n in (registry.names(cfg.task) if m == "all" else [m])))
+    with its parameters (validated when the config was). Methods only `all`
+    brought are optional: skipped where they cannot explain the model."""
+    asked = list(dict.fromkeys(methods or cfg.run))
+    names = list(dict.fromkeys(n for m in asked for n in (registry.names(cfg.task) if m == "all" else [m])))
     for name in names:
         cfg.check_method(name)
-    return {name: tasks.Bound(registry.get(name), cfg.method_params(name)) for name in names}
+    return {name: tasks.Bound(registry.get(name), cfg.method_params(name), optional=name not in asked)
+            for name in names}
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -159,7 +160,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     cfg = task.cfg
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = task.prepare(load_model(cfg.model))
-    task.check(model, bound)
+    work, bound = _applicable(task, model, work, bound, summary)
+    if not work:
+        return
     labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if cfg.labels == "auto" else None)
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
@@ -182,6 +185,21 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
         bar.close()
         _close(writer, summary)
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]
+
+
+def _applicable(task: tasks.Task, model: Any, work: list[Work], bound: dict[str, tasks.Bound],
+                summary: RunSummary) -> tuple[list[Work], dict[str, tasks.Bound]]:
+    """The work left once the methods that cannot explain the model are
+    dropped (the task says which, and why); images left with nothing to do
+    count as done."""
+    usable = task.check(model, bound)
+    if len(usable) == len(bound):
+        return work, bound
+    left = narrow(work, usable)
+    if len(left) < len(work):
+        summary.skipped += len(work) - len(left)
+        log.info("%d more image(s) have every method that applies done already", len(work) - len(left))
+    return left, usable
 
 
 def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSummary, fail_fast: bool) -> None:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,11 @@ from .records import Files, Record, read_manifest
 log = logging.getLogger("saliency")
 
 DEFAULT_PNG_MAX_SIDE = 2048  # config.OutputConfig.png_max_side
+# Settings added after the first release join the digest only when they differ
+# from the value that reproduces the earlier behaviour, so that outputs made
+# before they existed stay current: section -> key -> that value.
+_ADDED = {"model": {"timm": None, "pretrained": False, "ultralytics": None},
+          "preprocess": {"interpolation": "bilinear"}}
 
 
 @dataclass
@@ -36,7 +41,7 @@ def settings_digest(cfg: Any, params: Any) -> str:
     checkpoint file's size and time), preprocessing, target, seed, --amp, the
     method's parameters and how its PNG is drawn. A rerun into the same
     folder redoes the methods whose digest changed."""
-    model = dataclasses.asdict(cfg.model)
+    model = _without_added("model", dataclasses.asdict(cfg.model))
     if cfg.model.checkpoint and os.path.isfile(cfg.model.checkpoint):
         stat = os.stat(cfg.model.checkpoint)
         model["checkpoint_file"] = [stat.st_size, stat.st_mtime_ns]
@@ -44,11 +49,16 @@ def settings_digest(cfg: Any, params: Any) -> str:
     png = [out.overlay, out.alpha, out.colormap, out.clip_percentile]
     if out.png_max_side != DEFAULT_PNG_MAX_SIDE:  # settings added later join only when changed, so
         png.append(out.png_max_side)              # that outputs made before they existed stay current
-    settings = {"model": model, "preprocess": dataclasses.asdict(cfg.preprocess), "target": cfg.runtime.target,
+    preprocess = _without_added("preprocess", dataclasses.asdict(cfg.preprocess))
+    settings = {"model": model, "preprocess": preprocess, "target": cfg.runtime.target,
                 "seed": cfg.runtime.seed, "amp": cfg.runtime.amp, "params": dataclasses.asdict(params),
                 "png": png}
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_added(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in _ADDED[section] or v != _ADDED[section][k]}
 
 
 def finished_methods(out_dir: Path, record: Record | None, expected: dict[str, Files]) -> set[str]:
@@ -90,6 +100,15 @@ def plan(items: list[InputItem], digests: dict[str, str], out_dir: Path, *,
         log.info("%d image(s) in %s have maps made with other settings (model, preprocessing, target, seed, "
                  "method parameters or PNG style): redoing those maps", changed, out_dir)
     return work
+
+
+def narrow(work: list[Work], methods: Collection[str]) -> list[Work]:
+    """The work restricted to `methods` (those that apply to the model);
+    images left with none are dropped."""
+    narrowed = [dataclasses.replace(w, methods=[n for n in w.methods if n in methods],
+                                    settings={n: d for n, d in w.settings.items() if n in methods or n in w.previous})
+                for w in work]
+    return [w for w in narrowed if w.methods]
 
 
 def _kept_outputs(out_dir: Path, record: Record | None, todo: list[str], done: set[str]) -> dict[str, Files]:

@@ -26,6 +26,30 @@ class TinyCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class TinyAttention(nn.Module):
+    """conv stem (bn, relu) -> tokens + class token -> self-attention block ->
+    class token -> linear: the smallest model attention rollout applies to."""
+
+    def __init__(self, classes: int = 5, width: int = 8, heads: int = 2):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1, stride=2)
+        self.bn = nn.BatchNorm2d(width)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, classes)
+
+    def tokens(self, x):
+        x = F.relu(self.bn(self.conv(x))).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        h = self.norm1(x)
+        return x + self.attn(h, h, h, need_weights=False)[0]
+
+    def forward(self, x):
+        return self.fc(self.norm2(self.tokens(x))[:, 0])
+
+
 class Exploding(nn.Module):
     """Raises in the middle of the forward pass, after hooks and rules are in place."""
 

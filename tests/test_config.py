@@ -106,3 +106,13 @@ def test_set_on_the_built_in_model_keeps_it_unless_it_names_another():
     assert (checkpoint.factory, checkpoint.checkpoint) == (Config().model.factory, "weights.pt")
     other = load_config(None, ["model.arch=resnet18"]).model  # another model: the default's factory goes
     assert (other.arch, other.factory) == ("resnet18", None)
+
+
+def test_settings_added_later_keep_earlier_digests():
+    """Outputs written before a setting existed stay current after an
+    upgrade: the default config's digests are those of the first release."""
+    from saliency_cli.plan import settings_digest
+
+    cfg = load_config(None)
+    assert {name: settings_digest(cfg, cfg.method_params(name)) for name in ("gradient", "grad-cam")} == \
+        {"gradient": "3cd33de994f74cdd", "grad-cam": "bf37e725cf74a433"}

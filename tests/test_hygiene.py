@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import saliency_cli as sal
+from saliency_cli.errors import NotApplicable
 from saliency_cli.methods import registry
 
-from .helpers import TinyCNN, assert_same_state, model_state, seeded
+from .helpers import TinyAttention, TinyCNN, assert_same_state, model_state, seeded
 
 CLASSIFICATION = registry.names("classification")  # d-rise has its own contract (test_d_rise.py)
 # keep the expensive methods cheap here; their own tests cover their parameters
@@ -28,6 +29,23 @@ class RaisingCNN(TinyCNN):
         raise RuntimeError("boom")
 
 
+class RaisingAttention(TinyAttention):
+    def forward(self, x):
+        self.tokens(x)
+        raise RuntimeError("boom")
+
+
+def tiny(name, raising=False):
+    """TinyCNN, or for a method that does not apply to it (attention
+    rollout) the tiny attention model; both have a `bn` and an `fc`."""
+    method = registry.get(name)
+    try:
+        method.check_applies(seeded(TinyCNN(), 0).eval(), torch.zeros(1, 3, 12, 10), method.make_params(params(name)))
+    except NotApplicable:
+        return RaisingAttention if raising else TinyAttention
+    return RaisingCNN if raising else TinyCNN
+
+
 def train_mode_model(cls=TinyCNN):
     model = seeded(cls(), 0)
     model.train()  # attribution must switch to eval and back
@@ -38,7 +56,7 @@ def train_mode_model(cls=TinyCNN):
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_shapes_and_finiteness(name):
-    model = seeded(TinyCNN(), 0).eval()
+    model = seeded(tiny(name)(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
     maps = sal.attribute(model, x, name, **params(name))
     assert maps.shape == (2, 12, 10) and maps.dtype == torch.float32
@@ -48,14 +66,14 @@ def test_shapes_and_finiteness(name):
 @pytest.mark.parametrize("name", CLASSIFICATION)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_maps_are_float32_whatever_the_input_dtype(name, dtype):
-    model = seeded(TinyCNN(), 0).eval().to(dtype)
+    model = seeded(tiny(name)(), 0).eval().to(dtype)
     maps = sal.attribute(model, torch.randn(2, 3, 12, 10, dtype=dtype), name, **params(name))
     assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_batch_of_two_equals_two_single_calls(name):
-    model = seeded(TinyCNN(), 0).eval()
+    model = seeded(tiny(name)(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
     both = sal.attribute(model, x, name, **params(name))
     singles = torch.cat([sal.attribute(model, x[i:i + 1], name, **params(name)) for i in range(2)])
@@ -64,7 +82,7 @@ def test_batch_of_two_equals_two_single_calls(name):
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_model_left_exactly_as_given(name):
-    model = train_mode_model()
+    model = train_mode_model(tiny(name))
     before = model_state(model)
     sal.attribute(model, torch.randn(2, 3, 12, 10), name, **params(name))
     assert_same_state(before, model_state(model))
@@ -72,7 +90,7 @@ def test_model_left_exactly_as_given(name):
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_model_left_as_given_when_forward_raises(name):
-    model = train_mode_model(RaisingCNN)
+    model = train_mode_model(tiny(name, raising=True))
     before = model_state(model)
     with pytest.raises(RuntimeError, match="boom"):
         sal.attribute(model, torch.randn(2, 3, 12, 10), name, **params(name))
@@ -89,11 +107,10 @@ def test_eval_mode_is_used_during_attribution():
 
 
 def test_images_are_not_modified():
-    model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(2, 3, 12, 10)
     copy = x.clone()
     for name in CLASSIFICATION:
-        sal.attribute(model, x, name, **params(name))
+        sal.attribute(seeded(tiny(name)(), 0).eval(), x, name, **params(name))
     assert torch.equal(x, copy) and not x.requires_grad
 
 
@@ -106,5 +123,5 @@ def test_registry_rejects_duplicates():
 
 def test_registry_is_the_list_of_methods():
     assert sal.methods() == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad",
-                             "cam", "grad-cam", "guided-grad-cam", "d-rise"]
+                             "cam", "grad-cam", "guided-grad-cam", "attention-rollout", "d-rise"]
     assert registry.names("detection") == ["d-rise"]

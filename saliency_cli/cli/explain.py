@@ -28,7 +28,8 @@ def _opt(*names: str, help: str, **kwargs) -> typer.models.OptionInfo:
 Paths = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively, sorted) or - to "
                                             "read paths from stdin.", show_default=False)]
 Methods = Annotated[Optional[list[str]], _opt("--method", "-m", help="Method to run (repeatable; `all` for every "
-                    "method of the task). Default: the config's `run` list. See `saliency methods`.")]
+                    "method of the task that applies to the model, the others named and skipped). Default: the "
+                    "config's `run` list. See `saliency methods`.")]
 Out = Annotated[Path, _opt("--out", "-o", help="Output folder.", show_default=True)]
 BatchSize = Annotated[Optional[int], _opt("--batch-size", min=1, help="Images per batch (config "
                       "runtime.batch_size, default 8).")]

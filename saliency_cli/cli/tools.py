@@ -82,7 +82,8 @@ def config_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
              "  saliency explain photos/ -m grad-cam --set methods.grad-cam.layer=layer3")
 @handle_errors
 def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """List the layers grad-cam can explain (4-D outputs, in the order they run)."""
+    """List the layers grad-cam can explain (feature maps, NHWC maps and
+    transformer tokens, in the order they run) and which methods apply."""
     setup_logging(False, debug)
     import torch
 
@@ -97,17 +98,28 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     model = load_model(cfg.model).eval()
     images = torch.zeros(1, 3, *cfg.preprocess.size)
     rows = list_layers(model, images)
-    width = max(len(r.name) for r in rows)
+    width = max([len(r.name) for r in rows] + [5])
     print(f"  {'layer':{width}s}  {'type':24s} output (one image, input {cfg.preprocess.size[0]}x"
           f"{cfg.preprocess.size[1]})")
     for row in rows:
         runs = f"  runs {row.calls}x per forward: the last call is used" if row.calls > 1 else ""
-        print(f"{'*' if row.default else ' '} {row.name:{width}s}  {row.kind:24s} "
-              f"{'x'.join(map(str, row.shape[1:]))}{runs}")
-    print("* default layer of grad-cam and guided-grad-cam (the last feature map before global pooling)")
-    try:
-        cam = registry.get("cam")
-        cam.run(model, images, None, cam.make_params())
-        print("cam: available (global average pooling + linear head)")
-    except SaliencyError as exc:
-        print(f"cam: not available for this model: {exc}")
+        print(f"{'*' if row.default else ' '} {row.name:{width}s}  {row.kind:24s} {row.output}{runs}")
+    print("* default layer of the layer methods (grad-cam...): the last feature map before global pooling; for a "
+          "transformer, the last token layer whose patch tokens reach the classifier (ViT: the last block's first "
+          "LayerNorm)" if any(r.default for r in rows) else "no default layer: name one with the method's `layer`")
+    _applies(model, images, cfg)
+
+
+def _applies(model, images, cfg) -> None:
+    """One line per method that needs more of a model than gradients: whether it applies."""
+    from ..errors import NotApplicable
+    from ..methods import registry
+
+    for name in registry.names(cfg.task):
+        method = registry.get(name)
+        if method.needs:
+            try:
+                method.check_applies(model, images, cfg.method_params(name))
+                print(f"{name}: available")
+            except NotApplicable as exc:
+                print(f"{name}: not available for this model: {exc}")

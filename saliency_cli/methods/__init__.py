@@ -11,6 +11,7 @@ from . import smoothgrad  # noqa: F401
 from . import cam  # noqa: F401
 from . import grad_cam  # noqa: F401
 from . import guided_grad_cam  # noqa: F401
+from . import attention_rollout  # noqa: F401
 from . import d_rise  # noqa: F401
 # isort: on
 from .registry import (  # noqa: F401

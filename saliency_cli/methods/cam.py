@@ -7,8 +7,11 @@ The head is found from the forward pass itself (no extra pass): the input of
 the last global average pooling is A, and the weights are those of the
 linear layer (or 1x1 convolution) that turns the pooled vector into the
 logits. A 1x1 convolution before the pooling (conv -> GAP -> logits) works
-too. Anything else between the pooling and the logits (an MLP, a LayerNorm)
-makes CAM undefined, and the error says to use grad-cam.
+too, and so does a head pooling an NHWC map (`x.mean((1, 2))`: timm's
+Swin). Anything else between the pooling and the logits (an MLP, a
+LayerNorm) makes CAM undefined: `has_cam_head`, the method's declared need, says so
+before a run starts (`-m all` skips CAM, naming why), and the error says to
+use grad-cam.
 
 Finding the head watches every call of the forward pass, which costs time
 (benchmarks/run.py measured 1.15x a forward on EfficientNet-Lite0), so it
@@ -29,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SaliencyError
+from ..errors import NotApplicable
 from ..hooks import capture_outputs
-from .layers import PoolSpy, upsample
+from .layers import upsample
+from .pooling import PoolSpy
 from .registry import Attribution, as_logits, register, select_targets
 
 
@@ -75,6 +79,10 @@ class _Plan:
     calls: int
     weight: torch.Tensor
     bias: torch.Tensor | None
+    nhwc: bool = False  # the module outputs A as [B,h,w,C] (timm's Swin)
+
+    def features(self, output: Any) -> Any:
+        return output.permute(0, 3, 1, 2) if self.nhwc and isinstance(output, torch.Tensor) else output
 
     def explains(self, features: Any, logits: torch.Tensor) -> bool:
         """W mean(A) + b reproduces the logits: the plan still holds."""
@@ -116,9 +124,11 @@ def watch_head(model: nn.Module) -> Iterator[Any]:
 
     def find(logits: torch.Tensor) -> CamHead:
         head = _find(spy, linear, conv, logits)
+        nhwc = spy.avg_nhwc and head.features is spy.avg_input
+        given = spy.avg_given if nhwc else head.features
         for module, output, version in outputs.values():
-            if output is head.features and output._version == version:
-                _PLANS[model] = _Plan(module, calls[id(module)], head.weight, head.bias)
+            if output is given and output._version == version:
+                _PLANS[model] = _Plan(module, calls[id(module)], head.weight, head.bias, nhwc)
                 break
         return head
 
@@ -137,7 +147,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _find(spy: PoolSpy, linear: _LastCall, conv: _LastCall, logits: torch.Tensor) -> CamHead:
     if spy.avg_input is None:
-        raise SaliencyError("cam needs a global average pooling followed by a linear layer, and this "
+        raise NotApplicable("cam needs a global average pooling followed by a linear layer, and this "
                             "model pools no feature map globally; use grad-cam, which works with any head")
     features, pooled = spy.avg_input, spy.avg_output.flatten(1)
     if linear.unchanged() and _same(linear.output, logits) and _same(linear.input, pooled):
@@ -148,7 +158,7 @@ def _find(spy: PoolSpy, linear: _LastCall, conv: _LastCall, logits: torch.Tensor
             return CamHead(features, weight, bias)  # GAP -> 1x1 conv
         if _same(pooled, logits) and _same(conv.output, features):
             return CamHead(conv.input, weight, bias)  # 1x1 conv -> GAP
-    raise SaliencyError("cam needs the logits to be a linear function of the globally average-pooled "
+    raise NotApplicable("cam needs the logits to be a linear function of the globally average-pooled "
                         "last feature map (GAP + linear, or a 1x1-conv head); this model has other layers "
                         "between the pooling and the logits. Use grad-cam, which works with any head")
 
@@ -160,10 +170,18 @@ def _planned_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tens
         return None
     with torch.no_grad(), capture_outputs(plan.module) as outputs:
         logits = as_logits(model(images), images.shape[0])
-    if len(outputs) != plan.calls or not plan.explains(outputs[-1], logits):
+    features = plan.features(outputs[-1]) if len(outputs) == plan.calls else None
+    if not plan.explains(features, logits):
         del _PLANS[model]
         return None
-    return logits, CamHead(outputs[-1], plan.weight, plan.bias)
+    return logits, CamHead(features, plan.weight, plan.bias)
+
+
+def has_cam_head(model: nn.Module, images: torch.Tensor, params: Any) -> None:
+    """CAM's need: a GAP + linear (or 1x1-conv) head, found on a probe image."""
+    with torch.no_grad(), watch_head(model) as find:
+        logits = as_logits(model(images), images.shape[0])
+    find(logits)
 
 
 @register(
@@ -173,6 +191,7 @@ def _planned_forward(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tens
     params=CamParams,
     pixel_space=False,
     style="minmax",
+    needs=(has_cam_head,),
 )
 def cam(model, images, targets, params):
     planned = _planned_forward(model, images)

@@ -1,12 +1,19 @@
-"""Layers for the CAM family: which module to explain, and the CAM head.
+"""Layers for the CAM family: which module to explain, and its output as a
+feature map.
 
 A probe is one forward pass of one image with a hook on every module and a
-TorchFunctionMode watching for global pooling, however it is written
-(`nn.AdaptiveAvgPool2d`, `F.adaptive_avg_pool2d`, `avg_pool2d` over the
-whole map, `x.mean((2, 3))`, max-pooling alike). From it:
+PoolSpy (pooling.py) watching for global pooling. From it:
 
-- the default Grad-CAM layer: the last module whose output is a 4-D feature
-  map before the last global pooling (the feature map the head pools);
+- the layout of each module's output (feature_maps.py): a map [B,C,h,w], an
+  NHWC map [B,h,w,C] (Swin), or tokens [B,N,C] on a patch grid (ViT);
+- the default layer: the last module whose output is a feature map before
+  the last global pooling (the map the head pools). When that is a token
+  layer, the default is the last token layer of the same width whose patch
+  tokens get a gradient from the class score (found with one backward
+  pass): through a class-token head the patch tokens of the last block's
+  output get none, so a ViT's default is the input of its last attention,
+  the last block's first LayerNorm (torchvision `encoder_layer_11.ln_1`,
+  timm `blocks.11.norm1`); an average-pooled ViT's is its last block;
 - how many times each module runs per forward, so a reused module (one
   activation object serving EfficientNet-Lite's stem and head) is explained
   at its last call, and the user is told.
@@ -27,16 +34,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from ..errors import SaliencyError, did_you_mean
+from ..errors import NotApplicable, SaliencyError, did_you_mean
 from ..hooks import capture_outputs, model_guard
+from .feature_maps import Layouts, MapKind, token_default
+from .pooling import PoolSpy
 
 log = logging.getLogger("saliency")
 
 
 # pooling modules resample the feature map; the default explains the map itself (VGG: `features`)
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+# identities in eval mode: the default names the module that computes the map
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+NO_MAP = ("no module of this model outputs a feature map [B,C,H,W], an NHWC map [B,H,W,C] or patch tokens "
+          "[B,N,C]; name a layer with the method's `layer` parameter")
+NO_GRADIENT = ("the patch tokens of no token layer reach the classifier's input; name a layer with the method's "
+               "`layer` parameter")
 
 
 @dataclass
@@ -44,6 +58,7 @@ class LayerCall:
     name: str
     module: nn.Module
     shape: tuple[int, ...] | None  # output shape, None when the output is not a tensor
+    kind: MapKind | None = None  # the output as a feature map, None when it is not one
 
 
 @dataclass
@@ -51,6 +66,9 @@ class Probe:
     calls: list[LayerCall] = field(default_factory=list)  # in the order the calls finished
     pooled_after: int | None = None  # number of calls finished before the last global pooling
     noted: set[str] = field(default_factory=set)  # reused layers already reported
+    token_counts: set[int] = field(default_factory=set)  # N of the token layers
+    default: str | None = None
+    no_default: str = NO_MAP  # why there is no default
 
     def count(self, name: str) -> int:
         return sum(1 for c in self.calls if c.name == name)
@@ -59,76 +77,28 @@ class Probe:
         return next((c for c in reversed(self.calls) if c.name == name), None)
 
     def feature_maps(self) -> list[LayerCall]:
-        """Calls with a 4-D output, one per module (its last call), in order."""
-        last = {c.name: i for i, c in enumerate(self.calls) if c.shape is not None and len(c.shape) == 4}
+        """Calls with a feature-map output, one per module (its last call), in
+        order; attention internals [B,heads,N,.] are left out."""
+        last = {c.name: i for i, c in enumerate(self.calls) if c.kind is not None
+                and not (c.kind.layout != "tokens" and c.shape[2] in self.token_counts)}
         return [self.calls[i] for i in sorted(last.values())]
 
+    def token_kind(self, n: int) -> MapKind | None:
+        """The layout (grid, prefix) of the model's token layers of n tokens."""
+        return next((c.kind for c in self.calls if c.kind is not None and c.kind.layout == "tokens"
+                     and c.shape[1] == n), None)
+
     def default_layer(self) -> str:
+        if self.default is None:
+            raise NotApplicable(self.no_default)
+        return self.default
+
+    def candidates(self) -> list[LayerCall]:
+        """Calls before the last global pooling that a default may name."""
         end = len(self.calls) if self.pooled_after is None else self.pooled_after
-        for call in reversed(self.calls[:end]):
-            if call.shape is not None and len(call.shape) == 4 and not isinstance(call.module, _POOLS):
-                return call.name
-        raise SaliencyError("no module of this model returns a 4-D feature map [B,C,H,W]; "
-                            "name a layer with the method's `layer` parameter")
-
-
-# ------------------------------------------------------------------ global pooling
-
-
-def _is_one(size: Any) -> bool:
-    return size == 1 or (isinstance(size, (tuple, list)) and all(s == 1 for s in size))
-
-
-def _spatial_dims(dim: Any) -> bool:
-    dims = {dim} if isinstance(dim, int) else set(dim or ())
-    return {d % 4 for d in dims} == {2, 3}
-
-
-def global_pool_kind(func: Any, args: tuple, kwargs: dict) -> str | None:
-    """'avg' or 'max' when this call pools a [B,C,H,W] map over all of H,W."""
-    if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 4:
-        return None
-    x = args[0]
-    if func in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-        size = args[1] if len(args) > 1 else kwargs.get("output_size")
-        if _is_one(size):
-            return "avg" if func is F.adaptive_avg_pool2d else "max"
-    elif func in (F.avg_pool2d, F.max_pool2d):
-        kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size")
-        kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-        if kernel == tuple(x.shape[-2:]):
-            return "avg" if func is F.avg_pool2d else "max"
-    elif func in (torch.mean, torch.Tensor.mean):
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        if dim is not None and _spatial_dims(dim):
-            return "avg"
-    elif func in (torch.amax, torch.Tensor.amax):
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        if dim is not None and _spatial_dims(dim):
-            return "max"
-    return None
-
-
-class PoolSpy(TorchFunctionMode):
-    """Remembers the last global average pooling (its input and output) and
-    calls `on_pool` for every global pooling."""
-
-    def __init__(self, on_pool=None):
-        super().__init__()
-        self.on_pool = on_pool
-        self.avg_input: torch.Tensor | None = None
-        self.avg_output: torch.Tensor | None = None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        kind = global_pool_kind(func, args, kwargs)
-        if kind is not None:
-            if kind == "avg":
-                self.avg_input, self.avg_output = args[0], out
-            if self.on_pool is not None:
-                self.on_pool()
-        return out
+        maps = {id(c) for c in self.feature_maps()}
+        return [c for c in self.calls[:end] if id(c) in maps and not isinstance(c.module, (*_POOLS, *_PASS_THROUGH))
+                and "DropPath" not in type(c.module).__name__]
 
 
 # ------------------------------------------------------------------ probe
@@ -143,8 +113,25 @@ def probe(model: nn.Module, images: torch.Tensor) -> Probe:
     cached = _PROBES.get(model, {}).get(key)
     if cached is not None and all(_still_there(model, c) for c in cached.calls[-1:]):
         return cached
+    result = _record(model, images[:1])
+    layouts = Layouts(tuple(images.shape[-2:]))
+    for call in result.calls:
+        call.kind = layouts.kind(call.shape)
+    result.token_counts = layouts.token_counts()
+    candidates = result.candidates()
+    if candidates and candidates[-1].kind.layout != "tokens":
+        result.default = candidates[-1].name
+    elif candidates:  # a transformer: the last token layer of that width whose patch tokens matter
+        width = candidates[-1].kind.channels
+        tokens = {c.name: c.kind for c in candidates if c.kind.layout == "tokens" and c.kind.channels == width}
+        result.default = token_default(model, images[:1], tokens)
+        result.no_default = NO_GRADIENT
+    _PROBES.setdefault(model, {})[key] = result
+    return result
+
+
+def _record(model: nn.Module, image: torch.Tensor) -> Probe:
     result = Probe()
-    named = [(name, m) for name, m in model.named_modules() if name]
 
     def recorder(name: str):
         def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -156,14 +143,13 @@ def probe(model: nn.Module, images: torch.Tensor) -> Probe:
     def on_pool() -> None:
         result.pooled_after = len(result.calls)
 
-    handles = [m.register_forward_hook(recorder(name)) for name, m in named]
+    handles = [m.register_forward_hook(recorder(name)) for name, m in model.named_modules() if name]
     try:
         with torch.no_grad(), PoolSpy(on_pool):
-            model(images[:1])
+            model(image)
     finally:
         for h in handles:
             h.remove()
-    _PROBES.setdefault(model, {})[key] = result
     return result
 
 
@@ -179,19 +165,25 @@ class Layer:
     name: str
     module: nn.Module
     calls: int  # times the module runs per forward; the last call is explained
+    kind: MapKind | None = None  # its output's layout; None: already [B,C,h,w]
 
     def to_grid(self, output: torch.Tensor) -> torch.Tensor:
         """The layer's output (or its gradient) as a feature map [B,C,h,w]:
-        what every CAM-family method works on. Take gradients with respect
-        to the captured output first, then call this on both."""
-        return output
+        what every CAM-family method works on. NHWC maps are permuted; token
+        layers lose their prefix tokens (class, distillation, registers) and
+        the patch tokens are laid out on their grid. Take gradients with
+        respect to the captured output first, then call this on both."""
+        return output if self.kind is None else self.kind.to_grid(output)
 
 
 def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, method: str) -> Layer:
     """The module to explain: `name`, or the default from the probe."""
     found = probe(model, images)
     if name is None:
-        name = found.default_layer()
+        try:
+            name = found.default_layer()
+        except NotApplicable as exc:
+            raise NotApplicable(f"{method}: {exc}") from None
     try:
         module = model.get_submodule(name)
     except AttributeError:
@@ -202,29 +194,15 @@ def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, meth
     call = found.last(name)
     if call is None:
         raise SaliencyError(f"{method}: layer {name!r} does not run in the model's forward pass")
-    if call.shape is None or len(call.shape) != 4:
-        raise SaliencyError(f"{method}: layer {name!r} outputs {list(call.shape or [])}, not a 4-D "
-                            "feature map [B,C,H,W]; `saliency layers` lists the candidates")
+    if call.kind is None:
+        raise SaliencyError(f"{method}: layer {name!r} outputs {list(call.shape or [])}, not a 4-D feature map "
+                            "[B,C,H,W], an NHWC map or patch tokens [B,N,C]; `saliency layers` lists the candidates")
     calls = found.count(name)
     if calls > 1 and name not in found.noted:  # once per model and input shape
         found.noted.add(name)
         log.info("%s: layer %r runs %d times per forward pass; explaining its last call (output %s)",
-                 method, name, calls, "x".join(map(str, call.shape[1:])))
-    return Layer(name, module, calls)
-
-
-def check_layers(model: nn.Module, layers: dict[str, str | None]) -> None:
-    """Each method's named layer (method -> name, None for the default)
-    exists: a misspelt layer is a config error, said before any image is read."""
-    for method, name in layers.items():
-        if name is None:
-            continue
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            message = did_you_mean(name, names, what="layer", list_valid=False)
-            raise SaliencyError(f"{method}: {message}; `saliency layers` lists the layers") from None
+                 method, name, calls, call.kind.describe())
+    return Layer(name, module, calls, None if call.kind.layout == "nchw" else call.kind)
 
 
 @contextmanager
@@ -255,13 +233,13 @@ class LayerRow:
     shape: tuple[int, ...]  # output shape for one image
     calls: int
     default: bool
+    output: str = ""  # the output as a feature map: "768x7x7", "768x7x7 (NHWC)", "768 x 14x14 tokens (+1 prefix)"
 
 
 def list_layers(model: nn.Module, images: torch.Tensor) -> list[LayerRow]:
-    """Candidate layers for grad-cam: every module with a 4-D output, in the
-    order they run, the default marked."""
+    """Candidate layers for grad-cam: every module whose output is a feature
+    map (NCHW, NHWC or patch tokens), in the order they run, the default marked."""
     with model_guard(model):
         found = probe(model, images)
-    default = found.default_layer()
-    return [LayerRow(c.name, type(c.module).__name__, c.shape, found.count(c.name), c.name == default)
-            for c in found.feature_maps()]
+    return [LayerRow(c.name, type(c.module).__name__, c.shape, found.count(c.name), c.name == found.default,
+                     c.kind.describe()) for c in found.feature_maps()]

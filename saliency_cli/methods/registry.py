@@ -11,7 +11,11 @@ dataclass. There are two contracts, told apart by the registered type:
 Each declares what the run loop needs from it, so the loop never reads a
 method's parameters: `units(params)` (the progress units one image costs:
 D-RISE counts masks), `layer(params)` (the model layer that must exist),
-`display(params)` (how its PNG is scaled). The registry gives every method
+`display(params)` (how its PNG is scaled), and what a model must have for
+it to apply: `needs`, checks run on a probe image that raise NotApplicable
+(CAM: a GAP + linear head; attention rollout: global self-attention), plus
+a feature map for every method with a layer (LayerParams). `check_applies`
+runs them once per run, before any image is read. The registry gives every method
 the same guarantees: parameters validated once where they are built, the
 model guard, target checks and the channel reduction of pixel-space maps.
 """
@@ -30,6 +34,7 @@ from ..detection import DetectionExplanation, Detector
 from ..errors import SaliencyError, did_you_mean
 from ..hooks import model_guard
 from ..schema import from_mapping
+from .layers import resolve_layer
 
 Reduce = Literal["max-abs", "sum-abs", "sum", "none"]
 Progress = Callable[[int], None]
@@ -65,6 +70,9 @@ class Attribution:
 
 
 Compute = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", Any], Attribution]
+# What a method needs of a model: need(model, probe images [1,3,H,W], params) raises
+# NotApplicable (errors.py) saying what the model lacks, or returns None.
+Need = Callable[[nn.Module, torch.Tensor, Any], None]
 DetectCompute = Callable[[Detector, torch.Tensor, "int | None", Any, "Progress | None"], DetectionExplanation]
 
 
@@ -79,6 +87,7 @@ class Method:
     task: str  # the task whose loop runs it
     pixel_space: bool = False  # per-channel input-space maps: reducible, usable as a SmoothGrad base
     style: str = "positive"  # display scaling of non-pixel-space maps (see render.to_unit)
+    needs: tuple[Need, ...] = ()  # what a model must have (a layer method's feature map is implied)
 
     def make_params(self, values: Mapping[str, Any] | None = None, *, where: str | None = None) -> Any:
         """Validate parameter values (from the API or the config)."""
@@ -107,6 +116,19 @@ class Method:
     def units(self, params: Any) -> int:
         """Progress units of one image (what a progress bar counts)."""
         return 1
+
+    def check_applies(self, model: Any, images: torch.Tensor, params: Any) -> None:
+        """Raise NotApplicable when this method cannot explain `model` (no
+        feature map for a layer method, or an unmet need), from a probe of
+        `images` (one image at the run's input size). A config error, such as
+        a misspelt layer, raises SaliencyError whatever the method."""
+        if not isinstance(model, nn.Module):
+            return
+        with model_guard(model):
+            if self.takes_layer:
+                resolve_layer(model, images, self.layer(params), self.name)
+            for need in self.needs:
+                need(model, images, params)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,12 +181,12 @@ def remove(name: str) -> None:
 
 
 def register(name: str, *, summary: str, paper: str, params: type, pixel_space: bool = True,
-             style: str = "positive", task: str = "classification"):
+             style: str = "positive", task: str = "classification", needs: tuple[Need, ...] = ()):
     """Decorator registering a classification `compute(model, images, targets, params)`."""
 
     def decorate(compute: Compute) -> Compute:
         add(ClassificationMethod(name=name, summary=summary, paper=paper, params=params, compute=compute,
-                                 pixel_space=pixel_space, style=style, task=task))
+                                 pixel_space=pixel_space, style=style, task=task, needs=needs))
         return compute
 
     return decorate

@@ -1,5 +1,5 @@
 """Loading the model named by the config: a source (sources.py: a
-torchvision architecture, a factory, ...) builds it, a state-dict
+torchvision architecture, a factory, a timm model) builds it, a state-dict
 checkpoint loads over it, or, with explicit trust, a pickled model is the
 checkpoint itself.
 
@@ -18,6 +18,7 @@ from ..errors import SaliencyError
 from . import sources
 from . import arch  # noqa: F401  (registers the `arch` source: torchvision)
 from . import factory  # noqa: F401  (registers the `factory` source)
+from . import timm  # noqa: F401  (registers the `timm` source; timm itself is imported only when used)
 from .checkpoint import extract_state_dict, load_state, read_checkpoint
 from .factory import efficientnet_lite0  # noqa: F401  (the built-in default: "saliency_cli.models:efficientnet_lite0")
 # isort: on
@@ -36,7 +37,7 @@ def load_model(cfg: ModelConfig) -> nn.Module:
         elif model is None:
             raise SaliencyError(
                 f"model.checkpoint {cfg.checkpoint!r} holds weights, not a model: name the "
-                "architecture too (model.arch or model.factory)"
+                "architecture too (model.arch, model.factory or model.timm)"
             )
         else:
             load_state(model, extract_state_dict(obj, cfg.checkpoint), cfg)

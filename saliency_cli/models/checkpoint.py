@@ -25,6 +25,8 @@ def read_checkpoint(path: str, *, trust: bool) -> Any:
     """torch.load with weights_only=True; unpickling objects needs `trust`."""
     if not Path(path).is_file():
         raise SaliencyError(f"model.checkpoint: no such file {path!r}")
+    if path.endswith(".safetensors"):  # timm and Hugging Face save weights so: tensors only, no pickle
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -44,6 +46,18 @@ def read_checkpoint(path: str, *, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise SaliencyError(f"model.checkpoint {path!r} cannot be unpickled: {exc!r}") from exc
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise SaliencyError(f"model.checkpoint {path!r}: reading .safetensors needs the safetensors package "
+                            "(pip install safetensors; the timm extra brings it)") from exc
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:
+        raise SaliencyError(f"model.checkpoint {path!r} cannot be read: {exc}") from exc
 
 
 def extract_state_dict(obj: Any, path: str) -> Mapping[str, torch.Tensor]:

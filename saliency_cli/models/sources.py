@@ -4,7 +4,10 @@ config's `model:` section (`arch: resnet50`, `factory: pkg.mod:fn`, ...).
 A source is one module in this package with a `@register("key")`ed
 function `build(cfg: ModelConfig) -> model`, imported in `__init__.py`; its
 key is a field of `ModelConfig` (config.py). A checkpoint (`model.checkpoint`)
-loads over whatever the source built (checkpoint.py).
+loads over whatever the source built (checkpoint.py). A source that knows
+how its models want their input (timm's pretrained_cfg) registers
+`preprocess(cfg) -> (where from, {PreprocessConfig key: value})` too: those
+values fill the preprocessing keys the config leaves unset.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig
+    from ..config import ModelConfig, PreprocessConfig
 
 Build = Callable[["ModelConfig"], Any]
+Preprocess = Callable[["ModelConfig"], "tuple[str, dict[str, Any]]"]
 
 _SOURCES: dict[str, Build] = {}
+_PREPROCESS: dict[str, Preprocess] = {}
 
 
-def register(key: str) -> Callable[[Build], Build]:
+def register(key: str, *, preprocess: Preprocess | None = None) -> Callable[[Build], Build]:
     """Decorator registering `build` as the source selected by `model.<key>`."""
 
     def decorate(build: Build) -> Build:
         if key in _SOURCES:
             raise ValueError(f"model source {key!r} is registered twice")
         _SOURCES[key] = build
+        if preprocess is not None:
+            _PREPROCESS[key] = preprocess
         return build
 
     return decorate
@@ -45,3 +52,17 @@ def chosen(cfg: ModelConfig) -> list[str]:
 def build(cfg: ModelConfig) -> Any:
     (key,) = chosen(cfg)
     return _SOURCES[key](cfg)
+
+
+def fill_preprocess(pre: PreprocessConfig, cfg: ModelConfig) -> None:
+    """Give the preprocessing keys the config left unset (`pre.unset`) the
+    values the chosen source knows, and note which (`pre.taken`)."""
+    keys = chosen(cfg)
+    if len(keys) != 1 or keys[0] not in _PREPROCESS or not pre.unset:
+        return
+    where, values = _PREPROCESS[keys[0]](cfg)
+    taken = [key for key in pre.unset if key in values]
+    for key in taken:
+        setattr(pre, key, values[key])
+    pre.taken = (where, taken) if taken else None
+    pre.check()

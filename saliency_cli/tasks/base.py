@@ -7,6 +7,7 @@ method parameter. A task answers everything in between:
     planning   expected_files(key, method)   files known before a method runs
                units(methods)                 progress units one image costs
     loading    prepare(model)                 eval, frozen, on the device
+               check(model, methods)          the methods that can explain it
                num_classes(model)             for `labels: auto`
                dataset(items, keep_original)  how a photo becomes an input
                batch_size                     images per batch
@@ -27,14 +28,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from .. import device_decode
 from ..data import Batch, ImageDataset
 from ..discovery import InputItem
-from ..errors import SaliencyError
+from ..errors import NotApplicable, SaliencyError
 from ..figures import Figures
-from ..methods.layers import check_layers
 from ..methods.registry import Method
 from ..outputs import npy_path, png_path
 from ..plan import Work
@@ -52,6 +52,7 @@ class Bound:
 
     method: Method
     params: Any
+    optional: bool = False  # brought by `-m all`: skipped, not an error, where it cannot explain the model
 
     @property
     def name(self) -> str:
@@ -124,10 +125,30 @@ class Task:
     def prepare(self, model: Any) -> Any:
         return prepare_model(model, self.device)
 
-    def check(self, model: Any, methods: dict[str, Bound]) -> None:
-        """Say what the model lacks before any image is read: a misspelt layer."""
-        if isinstance(model, nn.Module):
-            check_layers(model, {name: b.layer() for name, b in methods.items()})
+    def check(self, model: Any, methods: dict[str, Bound]) -> dict[str, Bound]:
+        """The methods that can explain `model`, said before any image is read
+        (each method's `check_applies`, on one blank image at the input size):
+        one that cannot is an error when named and skipped, with one line
+        saying why, when `-m all` brought it. A misspelt layer is an error."""
+        image = torch.zeros(1, 3, *self.cfg.preprocess.size, device=self.device)
+        usable = {}
+        for name, bound in methods.items():
+            try:
+                bound.method.check_applies(model, image, bound.params)
+            except NotApplicable as exc:
+                if not bound.optional:
+                    raise
+                log.info("skipping %s: %s", name, str(exc).removeprefix(f"{name}: "))
+                continue
+            except SaliencyError:
+                raise
+            except Exception as exc:  # the model fails on the probe image: every image would fail alike
+                raise SaliencyError(f"the model cannot run on a {'x'.join(map(str, image.shape))} input "
+                                    f"(preprocess.size): {type(exc).__name__}: {exc}") from exc
+            usable[name] = bound
+        if not usable:
+            raise SaliencyError(f"none of {', '.join(methods)} applies to this model")
+        return usable
 
     def num_classes(self, model: Any) -> int | None:
         return None
@@ -140,6 +161,8 @@ class Task:
     def decode_device(self) -> torch.device | None:
         """Where JPEGs are decoded when not in the workers (runtime.decode)."""
         decode = self.cfg.runtime.decode
+        if (self.cfg.preprocess.interpolation or "bilinear") not in device_decode.INTERPOLATIONS:
+            return None
         return self.device if decode == "device" or (decode == "auto" and self.device.type == "cuda") else None
 
     @property
