@@ -38,6 +38,9 @@ class ModelConfig:
     arch: str | None = None  # torchvision builder name, e.g. resnet50
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
     factory: str | None = None  # "package.module:callable" returning an nn.Module
+    # an Ultralytics detection model: a trained .pt (trust_checkpoint: true: it is a pickle) or a model
+    # .yaml such as yolov8n.yaml (random weights); pip install 'saliency-cli[ultralytics]'
+    ultralytics: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder or factory
     checkpoint: str | None = None  # state-dict file loaded over the built model
     num_classes: int | None = None  # torchvision architectures only
@@ -58,6 +61,8 @@ class ModelConfig:
             raise SaliencyError("model.weights applies to torchvision 'arch' models only")
         if self.weights and self.checkpoint:
             raise SaliencyError("model: give either 'weights' or 'checkpoint', not both")
+        if self.ultralytics and self.checkpoint:
+            raise SaliencyError("model.ultralytics names the whole model (a .pt or a .yaml): drop model.checkpoint")
 
 
 @dataclass
@@ -170,6 +175,10 @@ class Config:
 
     def check(self) -> None:
         tasks.get(self.task)
+        serves = sources.task_of(self.model)
+        if serves is not None and serves[1] != self.task:
+            raise SaliencyError(f"model.{serves[0]} models are for task: {serves[1]}; this config has task: "
+                                f"{self.task}")
         for name in self.run:
             self.check_method(name)
         # built (and so validated) once, here; method_params hands out these objects

@@ -160,7 +160,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = task.prepare(load_model(cfg.model))
     task.check(model, bound)
-    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if cfg.labels == "auto" else None)
+    auto = cfg.labels == "auto"
+    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if auto else None,
+                         names=getattr(model, "class_names", None))
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
     out = cfg.output

@@ -18,18 +18,27 @@ if TYPE_CHECKING:
 Build = Callable[["ModelConfig"], Any]
 
 _SOURCES: dict[str, Build] = {}
+_TASKS: dict[str, str] = {}  # source key -> the only task its models serve
 
 
-def register(key: str) -> Callable[[Build], Build]:
-    """Decorator registering `build` as the source selected by `model.<key>`."""
+def register(key: str, *, task: str | None = None) -> Callable[[Build], Build]:
+    """Decorator registering `build` as the source selected by `model.<key>`;
+    `task`: the config's task must be this one (Ultralytics: detection)."""
 
     def decorate(build: Build) -> Build:
         if key in _SOURCES:
             raise ValueError(f"model source {key!r} is registered twice")
         _SOURCES[key] = build
+        if task is not None:
+            _TASKS[key] = task
         return build
 
     return decorate
+
+
+def task_of(cfg: ModelConfig) -> tuple[str, str] | None:
+    """(source key, task) when the chosen source serves one task only."""
+    return next(((key, _TASKS[key]) for key in chosen(cfg) if key in _TASKS), None)
 
 
 def keys() -> list[str]:
