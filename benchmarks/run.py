@@ -209,7 +209,7 @@ def params(name, args):
 def d_rise_variants(args, device):
     import torchvision
 
-    from saliency_cli.detection import as_detector
+    from saliency_cli.detectors import as_detector
     from saliency_cli.methods.d_rise import RiseMasks
 
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .detection import DetectionExplanation, as_detector
+from .detection import DetectionExplanation
+from .detectors import as_detector
 from .errors import SaliencyError
 from .hooks import model_guard
 from .methods import registry

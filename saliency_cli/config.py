@@ -58,6 +58,10 @@ class Config:
 
     def check(self) -> None:
         tasks.get(self.task)
+        serves = sources.task_of(self.model)
+        if serves is not None and serves[1] != self.task:
+            raise SaliencyError(f"model.{serves[0]} models are for task: {serves[1]}; this config has task: "
+                                f"{self.task}")
         for name in self.run:
             self.check_method(name)
         # built (and so validated) once, here; method_params hands out these objects

@@ -17,7 +17,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DEFAULT_FACTORY = "saliency_cli.models:efficientnet_lite0"
 _FALLBACK = {"size": [224, 224], "crop_fraction": 0.875, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-             "interpolation": "bilinear"}
+             "interpolation": "bilinear", "max_size": None}
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ModelConfig:
     arch: str | None = None  # torchvision builder name, e.g. resnet50
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V2 or DEFAULT
     factory: str | None = None  # "package.module:callable" returning an nn.Module
+    # an Ultralytics detection model: a trained .pt (trust_checkpoint: true: it is a pickle) or a model
+    # .yaml such as yolov8n.yaml (random weights); pip install 'saliency-cli[ultralytics]'
+    ultralytics: str | None = None
     timm: str | None = None  # timm model name, e.g. vit_small_patch16_224 (pip install 'saliency-cli[timm]')
     pretrained: bool = False  # timm: its weights, from the local cache only (never downloaded)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the builder, factory or timm.create_model
@@ -44,12 +47,14 @@ class ModelConfig:
         if not chosen and not (self.checkpoint and self.trust_checkpoint):
             raise SaliencyError(
                 "model: name an 'arch' (torchvision), a 'factory' (package.module:callable), a 'timm'"
-                " model, or a pickled 'checkpoint' with 'trust_checkpoint: true'"
+                " model, an 'ultralytics' model, or a pickled 'checkpoint' with 'trust_checkpoint: true'"
             )
         if self.weights and not self.arch:
             raise SaliencyError("model.weights applies to torchvision 'arch' models only")
         if self.weights and self.checkpoint:
             raise SaliencyError("model: give either 'weights' or 'checkpoint', not both")
+        if self.ultralytics and self.checkpoint:
+            raise SaliencyError("model.ultralytics names the whole model (a .pt or a .yaml): drop model.checkpoint")
         if self.pretrained and not self.timm:
             raise SaliencyError("model.pretrained applies to 'timm' models only (torchvision: model.weights)")
         if self.pretrained and self.checkpoint:

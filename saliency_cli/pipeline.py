@@ -163,7 +163,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     work, bound = _applicable(task, model, work, bound, summary)
     if not work:
         return
-    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if cfg.labels == "auto" else None)
+    auto = cfg.labels == "auto"
+    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if auto else None,
+                         names=getattr(model, "class_names", None))
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
     out = cfg.output

@@ -7,10 +7,14 @@ from pathlib import Path
 from .errors import SaliencyError, did_you_mean
 
 
-def load_labels(spec: str | list[str] | None, *, num_classes: int | None = None) -> list[str] | None:
+def load_labels(spec: str | list[str] | None, *, num_classes: int | None = None,
+                names: list[str] | None = None) -> list[str] | None:
     """`imagenet` / `coco` (built in), a text file with one name per line, a
-    list, None, or `auto`: ImageNet names for 1000 classes, COCO names for 91
-    (torchvision's detection numbering), none otherwise."""
+    list, None, or `auto`: the model's own class names where it carries them
+    (an Ultralytics checkpoint's), else ImageNet names for 1000 classes, COCO
+    names for 91 (torchvision's detection numbering), none otherwise."""
+    if spec == "auto" and names:
+        return list(names)
     if spec == "auto":
         spec = {1000: "imagenet", 91: "coco"}.get(num_classes)  # type: ignore[arg-type]
     if spec is None:

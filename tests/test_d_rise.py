@@ -9,7 +9,8 @@ from torch import nn
 
 import saliency_cli as sal
 from saliency_cli import Detections
-from saliency_cli.detection import as_detector, box_iou
+from saliency_cli.detection import box_iou
+from saliency_cli.detectors import as_detector
 from saliency_cli.errors import SaliencyError
 from saliency_cli.methods.d_rise import RiseMasks, similarity
 

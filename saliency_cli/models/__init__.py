@@ -19,6 +19,7 @@ from . import sources
 from . import arch  # noqa: F401  (registers the `arch` source: torchvision)
 from . import factory  # noqa: F401  (registers the `factory` source)
 from . import timm  # noqa: F401  (registers the `timm` source; timm itself is imported only when used)
+from . import ultralytics  # noqa: F401  (registers the `ultralytics` source; the package is imported only when used)
 from .checkpoint import extract_state_dict, load_state, read_checkpoint
 from .factory import efficientnet_lite0  # noqa: F401  (the built-in default: "saliency_cli.models:efficientnet_lite0")
 # isort: on

@@ -23,10 +23,13 @@ Preprocess = Callable[["ModelConfig"], "tuple[str, dict[str, Any]]"]
 
 _SOURCES: dict[str, Build] = {}
 _PREPROCESS: dict[str, Preprocess] = {}
+_TASKS: dict[str, str] = {}  # source key -> the only task its models serve
 
 
-def register(key: str, *, preprocess: Preprocess | None = None) -> Callable[[Build], Build]:
-    """Decorator registering `build` as the source selected by `model.<key>`."""
+def register(key: str, *, preprocess: Preprocess | None = None,
+             task: str | None = None) -> Callable[[Build], Build]:
+    """Decorator registering `build` as the source selected by `model.<key>`;
+    `task`: the config's task must be this one (Ultralytics: detection)."""
 
     def decorate(build: Build) -> Build:
         if key in _SOURCES:
@@ -34,9 +37,16 @@ def register(key: str, *, preprocess: Preprocess | None = None) -> Callable[[Bui
         _SOURCES[key] = build
         if preprocess is not None:
             _PREPROCESS[key] = preprocess
+        if task is not None:
+            _TASKS[key] = task
         return build
 
     return decorate
+
+
+def task_of(cfg: ModelConfig) -> tuple[str, str] | None:
+    """(source key, task) when the chosen source serves one task only."""
+    return next(((key, _TASKS[key]) for key in chosen(cfg) if key in _TASKS), None)
 
 
 def keys() -> list[str]:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..data import Batch, ImageDataset
-from ..detection import DetectionExplanation, as_detector, num_classes
+from ..detection import DetectionExplanation
+from ..detectors import as_detector, num_classes
 from ..discovery import InputItem
 from ..figures import Picture
 from ..outputs import detection_png_path, npy_path
