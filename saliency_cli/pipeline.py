@@ -32,7 +32,7 @@ from .plan import Work, plan, settings_digest
 from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
-from .targets import load_labels, parse_target
+from .targets import check_labels, load_labels, parse_target
 from .writer import Writer
 
 log = logging.getLogger("saliency")
@@ -79,6 +79,7 @@ def run(
     on_record: Callable[[Record], None] | None = None,
     shard: tuple[int, int] | None = None,
     fail_fast: bool = False,
+    include_hidden: bool = False,
 ) -> RunSummary:
     """Explain every image under `paths` that `out_dir` does not hold yet."""
     start = time.perf_counter()
@@ -88,7 +89,7 @@ def run(
     _check_out_dir(out_dir)
     device = resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
     task = tasks.get(cfg.task)(cfg, device)
-    items = _inputs(paths, stdin, shard, out_dir)
+    items = _inputs(paths, stdin, shard, out_dir, include_hidden)
     digests = {name: settings_digest(cfg, b.params) for name, b in bound.items()}
     work = plan(items, digests, out_dir, expected=task.expected_files, grid=cfg.output.grid, overwrite=overwrite)
     summary = RunSummary(found=len(items), skipped=len(items) - len(work))
@@ -131,12 +132,15 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None,
-            out_dir: Path) -> list[InputItem]:
+            out_dir: Path, include_hidden: bool = False) -> list[InputItem]:
     """The images found under `paths` (this shard's share of them), outside OUT."""
-    found = discover(paths, stdin, exclude=out_dir)
+    found = discover(paths, stdin, exclude=out_dir, hidden=include_hidden)
     if found.skipped:
         log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)",
                  len(found.skipped), found.skipped[0])
+    if found.hidden:
+        log.info("skipping %d hidden file(s) and folder(s) (e.g. %s; --include-hidden takes them)",
+                 len(found.hidden), found.hidden[0])
     if not found.items:
         raise SaliencyError(f"no images found in {' '.join(paths)}")
     if shard is None:
@@ -155,7 +159,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     torch.manual_seed(cfg.runtime.seed)  # before building: randomly initialised layers are reproducible
     model = task.prepare(load_model(cfg.model))
     task.check(model, bound)
-    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if cfg.labels == "auto" else None)
+    classes = task.num_classes(model)
+    labels = load_labels(cfg.labels, num_classes=classes)
+    check_labels(labels, classes)
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
     out = cfg.output

@@ -37,6 +37,26 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from .. import __version__
+
+        print(f"saliency-cli {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version (and torch's) and exit.")] = False,
+) -> None:
+    pass
+
+
 ConfigOpt = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="YAML config file. Default: the built-in offline "

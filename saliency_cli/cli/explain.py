@@ -52,6 +52,8 @@ Amp = Annotated[bool, _opt("--amp", help="Autocast classifiers to bfloat16: fast
                 "bfloat16 units; CAM maps barely change, raw gradients do (see README).")]
 FailFast = Annotated[bool, _opt("--fail-fast", help="Stop after the batch in which an input first fails (exit "
                      "code 1) instead of recording it and going on.")]
+Hidden = Annotated[bool, _opt("--include-hidden", help="Also take hidden files and folders (names starting with a "
+                   "dot, such as .ipynb_checkpoints) inside folders; skipped by default.")]
 Shard = Annotated[Optional[str], _opt("--shard", metavar="K/N", help="Process only shard K (0..N-1) of N of the "
                   "sorted inputs; under torchrun the run shards itself by RANK/WORLD_SIZE. The last shard to "
                   "finish merges the manifests.")]
@@ -78,7 +80,8 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
             batch_size: BatchSize = None, device: Device = None, target: Target = None, top_k: TopK = None,
             overwrite: Overwrite = False, quiet: Quiet = False, jsonl: Jsonl = False, grid: Grid = False,
             report: Report = False, no_overlay: NoOverlay = False, colormap: Colormap = None, amp: Amp = False,
-            fail_fast: FailFast = False, shard: Shard = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+            fail_fast: FailFast = False, shard: Shard = None, include_hidden: Hidden = False, set_: SetOpt = None,
+            debug: DebugOpt = False) -> None:
     """Explain images: write heatmap PNGs, raw .npy maps and a manifest."""
     setup_logging(quiet, debug)
     # every option reaches the config as --set and the file do, and is checked with them
@@ -95,7 +98,7 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
         cfg, paths, out, methods=method or None, overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
         on_record=_RecordPrinter() if jsonl else None,
-        shard=_parse_shard(shard), fail_fast=fail_fast,
+        shard=_parse_shard(shard), fail_fast=fail_fast, include_hidden=include_hidden,
     )
     _tell(summary, out)
     raise typer.Exit(summary.exit_code)

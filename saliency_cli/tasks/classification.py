@@ -63,7 +63,7 @@ class Classification(Task):
         for i, (it, work) in enumerate(zip(batch.ok, works)):
             record = self.new_record(work, it)
             record.fields["predictions"] = [_prediction(run, c, p) for c, p in explained.top[i]]
-            record.fields["target"] = _prediction(run, *explained.targets[i])
+            record.fields["target"] = _prediction(run, *explained.targets[i], explained=True)
             record.seconds.update({n: explained.seconds[n] for n in work.methods})
             jobs, panels = [], {}
             for name in work.methods:
@@ -101,8 +101,8 @@ class Classification(Task):
         return _Explained(host, seconds, top, chosen)
 
 
-def _prediction(run: Run, index: int, prob: float) -> dict[str, Any]:
-    return {"class": index, "label": label_of(run.labels, index), "prob": round(prob, 6)}
+def _prediction(run: Run, index: int, prob: float, explained: bool = False) -> dict[str, Any]:
+    return {"class": index, "label": label_of(run.labels, index, explained=explained), "prob": round(prob, 6)}
 
 
 def _caption(record: Record, rel: str | None) -> str:

@@ -94,7 +94,7 @@ class Detection(Task):
         record.fields["detections"] = []
         for k in range(len(dets)):
             box = (dets.boxes[k].numpy() * scale).round(2).tolist()
-            label, score = label_of(run.labels, int(dets.labels[k])), float(dets.scores[k])
+            label, score = label_of(run.labels, int(dets.labels[k]), explained=True), float(dets.scores[k])
             entry = {"index": k, "box": box, "class": int(dets.labels[k]), "label": label, "score": round(score, 6)}
             if files.many_pngs:
                 entry["png"] = detection_png_path(work.item.key, bound.name, k)
