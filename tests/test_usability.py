@@ -1,6 +1,6 @@
-"""Smaller things users trip on: a labels list of the wrong length, a
-Grad-CAM layer that gives a constant map, hidden files in photo folders,
---version."""
+"""Smaller things users trip on: stale D-RISE PNGs after --overwrite, a
+labels list of the wrong length, a Grad-CAM layer that gives a constant map,
+hidden files in photo folders, --version, the default methods of a task."""
 
 from __future__ import annotations
 
@@ -16,13 +16,48 @@ from saliency_cli.cli import app
 from saliency_cli.config import load_config
 from saliency_cli.discovery import discover
 from saliency_cli.errors import SaliencyError
+from saliency_cli.integrity import verify_folder
 from saliency_cli.pipeline import run
 
+from .conftest import SAMPLES
 from .helpers import TinyCNN
+from .test_cli import records, saliency
 from .test_reliability import GOOD, many_images
 
 TINY_SET = "model.factory=tests.helpers:TinyCNN"
 
+DETECTOR = """
+import torch
+from saliency_cli import Detections
+
+def build(count=2):
+    def detect(images):  # the first `count` of: a cat on the left half, a cup on the right half
+        h, w = images.shape[-2:]
+        out = []
+        for image in images:
+            scores = torch.stack([image[:, :, : w // 2].mean(), image[:, :, w // 2:].mean()]).clamp(0.1, 1)
+            boxes = torch.tensor([[0.0, 0.0, w / 2, h], [w / 2, 0.0, w, h]])
+            out.append(Detections(boxes[:count], scores[:count], torch.eye(2)[:count], torch.arange(2)[:count]))
+        return out
+    return detect
+"""
+
+
+def test_a_detection_config_runs_d_rise_and_overwrite_drops_pngs_of_lost_detections(tmp_path):
+    (tmp_path / "detector.py").write_text(DETECTOR)
+    config = tmp_path / "detect.yaml"  # no `run:` list, no -m: the task's default
+    config.write_text(f"task: detection\nmodel: {{factory: \"{tmp_path / 'detector.py'}:build\"}}\n"
+                      "labels: [cat, cup]\nmethods:\n  d-rise: {num_masks: 16, grid: 4, score_threshold: 0.0}\n")
+    out = tmp_path / "out"
+    proc = saliency("explain", str(SAMPLES / "coffee.png"), "-c", str(config), "-o", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert records(out)[-1]["outputs"]["d-rise"]["png"] == ["coffee/d-rise-0.png", "coffee/d-rise-1.png"]
+    cfg = load_config(config, ["model.kwargs={count: 1}"])
+    assert run(cfg, [str(SAMPLES / "coffee.png")], out, overwrite=True).exit_code == 0
+    record = records(out)[-1]
+    assert record["outputs"]["d-rise"]["png"] == ["coffee/d-rise-0.png"] and len(record["detections"]) == 1
+    assert sorted(p.name for p in (out / "coffee").iterdir()) == ["d-rise-0.png", "d-rise.npy"]
+    assert verify_folder(out).problems == []
 
 
 def test_labels_that_do_not_fit_the_model(tmp_path, saliency_log, caplog):

@@ -3,7 +3,8 @@ error handler, and the options every command takes (-c, --set, --debug).
 
 Exit codes: 0 all done; 1 some input files failed (see the manifest);
 2 bad usage, config, method, layer or model; 3 an unexpected internal error;
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 --jsonl reader gone.
+4 OUT full or read-only (finished images kept); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM), 141 --jsonl reader gone.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def handle_errors(command):
             if debug:
                 traceback.print_exc()
             print(f"saliency: error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt as exc:

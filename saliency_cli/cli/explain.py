@@ -70,7 +70,8 @@ EPILOG = (
     ".npy (raw float32 map at model-input size), plus OUT/manifest.jsonl (one record per image). "
     "A rerun skips finished images (and redoes maps made with other settings). "
     "Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
-    "config, 3 internal error, 130/143 interrupted, 141 --jsonl reader gone."
+    "config, 3 internal error, 4 OUT full or read-only (finished images kept; free space and rerun), "
+    "130/143 interrupted, 141 --jsonl reader gone. Runs into one OUT take turns: a second run waits for the first."
 )
 
 

@@ -70,13 +70,14 @@ class Classification(Task):
                 bound, values = run.methods[name], explained.maps[name][i]
                 record.outputs[name] = files = self.expected_files(work.item.key, name)
                 if files.npy:
+                    files.describe(values)
                     jobs.append(partial(run.writer.save_npy, files.npy, values))
                 jobs += [partial(run.figures.heatmap, bound.method, bound.params, rel, values, it, panels)
                          for rel in files.pngs]
             if self.cfg.output.grid:
                 jobs.append(run.figures.grid_job(record, it, panels, _caption))
             held = sum(explained.maps[name][i].nbytes for name in work.methods)
-            run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held)
+            run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held, replaces=work.replaced)
 
     def _attribute(self, x: torch.Tensor, names: list[str], run: Run) -> _Explained:
         size = x.shape[0]
