@@ -206,9 +206,9 @@ def finish_shard(out_dir: Path, k: int, n: int, lock: OutLock | None = None) -> 
     (out_dir / SHARD_DONE.format(k=k, n=n)).touch()
     if not all((out_dir / SHARD_DONE.format(k=i, n=n)).exists() for i in range(n)):
         return False
-    lock = out_dir / MERGE_LOCK
+    merging = out_dir / MERGE_LOCK
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(merging, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:  # another shard is merging
         return False
     try:
@@ -217,5 +217,5 @@ def finish_shard(out_dir: Path, k: int, n: int, lock: OutLock | None = None) -> 
         for i in range(n):
             (out_dir / SHARD_DONE.format(k=i, n=n)).unlink(missing_ok=True)
     finally:
-        lock.unlink(missing_ok=True)
+        merging.unlink(missing_ok=True)
     return True
