@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import SaliencyError
@@ -32,12 +32,14 @@ class InputItem:
 class Discovery:
     items: list[InputItem]
     skipped: list[str]  # files in folders that are not images by their suffix
+    hidden: list[str] = field(default_factory=list)  # hidden files and folders not walked
 
 
 # ------------------------------------------------------------------ discovery
 
 
-def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: Path | None = None) -> Discovery:
+def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: Path | None = None,
+             hidden: bool = False) -> Discovery:
     """Expand the command-line PATH arguments into a list of images.
 
     A folder is walked recursively in sorted order (following symlinks, each
@@ -45,10 +47,14 @@ def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: P
     one folder argument outputs mirror the tree inside it; with several
     arguments each output tree starts with the argument's own name.
     `exclude` (the output folder) is not walked: a rerun must not explain
-    its own PNGs. A file named twice is explained once.
+    its own PNGs. A file named twice is explained once. Hidden files and
+    folders inside a walked folder (names starting with a dot: Jupyter's
+    .ipynb_checkpoints, macOS's ._photo.jpg) are skipped unless `hidden`;
+    files named on the command line or stdin are always taken.
     """
     found: list[tuple[str, PurePosixPath]] = []
     skipped: list[str] = []
+    unwalked: list[str] | None = None if hidden else []
     several = len(args) > 1
     for arg in args:
         if arg == "-":
@@ -61,7 +67,7 @@ def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: P
         root = Path(arg)
         if root.is_dir():
             prefix = PurePosixPath(_safe_name(root)) if several else PurePosixPath()
-            for path in _walk(root, exclude):
+            for path in _walk(root, exclude, unwalked):
                 rel = PurePosixPath(*path.relative_to(root).parts)
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((str(path), prefix / rel))
@@ -71,10 +77,12 @@ def discover(args: Sequence[str], stdin: Iterable[str] | None = None, exclude: P
             found.append((arg, PurePosixPath(root.name)))
         else:
             raise SaliencyError(f"no such file or folder: {arg!r}")
-    return Discovery(_assign_keys(_once(found)), skipped)
+    return Discovery(_assign_keys(_once(found)), skipped, unwalked or [])
 
 
-def _walk(root: Path, exclude: Path | None = None) -> list[Path]:
+def _walk(root: Path, exclude: Path | None = None, hidden: list[str] | None = None) -> list[Path]:
+    """Files under `root`; hidden ones (and hidden folders) are left out and
+    listed in `hidden` unless it is None."""
     files: list[Path] = []
     seen: set[str] = set()
     skip = os.path.realpath(exclude) if exclude is not None else None
@@ -84,6 +92,10 @@ def _walk(root: Path, exclude: Path | None = None) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
+        if hidden is not None:
+            hidden += [os.path.join(dirpath, n) for n in sorted(dirnames + filenames) if n.startswith(".")]
+            dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+            filenames = [n for n in filenames if not n.startswith(".")]
         dirnames.sort()
         files.extend(Path(dirpath) / name for name in filenames)
     return sorted(files, key=lambda p: p.relative_to(root).parts)

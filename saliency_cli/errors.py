@@ -9,11 +9,44 @@ records it in the manifest and goes on.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
 class SaliencyError(Exception):
     """A problem the user can fix; its message is shown without a traceback."""
+
+    exit_code = 2
+
+
+# errors that every later write into OUT would meet too: stop, keep what is done
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class OutputFull(SaliencyError):
+    """OUT is full, over its quota or read-only: the run stops at once (exit
+    code 4), keeping every finished image; a rerun after the fix goes on."""
+
+    exit_code = 4
+
+
+def out_of_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE
+
+
+def output_full(out_dir: object, exc: OSError, kept: int | None) -> OutputFull:
+    """The one line a full or read-only OUT gets: where, what, and the fix
+    (and how many finished images it keeps, when the run got that far)."""
+    if exc.errno == errno.EROFS:
+        fix = "make it writable"
+    elif exc.errno == errno.EDQUOT:
+        fix = "free space (or raise the quota)"
+    else:
+        fix = "free space"
+    name = errno.errorcode.get(exc.errno or 0, "")
+    kept_text = "" if kept is None else f": {kept} finished image(s) are kept"
+    return OutputFull(f"cannot write to {str(out_dir)!r}: {exc.strerror or exc} ({name}); {fix}, then rerun the "
+                      f"same command{kept_text}")
 
 
 class NotApplicable(SaliencyError):

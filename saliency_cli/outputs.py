@@ -8,6 +8,7 @@
     OUT/<key>/grid.png                      the photo and every map side by side
     OUT/report.html, OUT/report-N.html      the browsable report
     OUT/.tmp/                               the writers' temporary files
+    OUT/.lock                               held by the runs writing into OUT (locking.py)
 
 `key` is an input's relative path without suffix (see discovery.py).
 """
@@ -23,6 +24,7 @@ PART_RE = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl$")
 SHARD_DONE = "manifest.shard-{k}-of-{n}.done"
 MERGE_LOCK = "manifest.merge.lock"
 TMP_DIR = ".tmp"
+LOCK = ".lock"
 REPORT = "report.html"
 REPORT_PAGE = "report-{n}.html"  # pages 2, 3, ...
 REPORT_PAGE_GLOB = "report-*.html"

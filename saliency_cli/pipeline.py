@@ -8,6 +8,7 @@ in DataLoader workers, rendering and writing on the writer's threads.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -24,8 +25,9 @@ from . import tasks
 from .config import Config
 from .data import make_loader
 from .discovery import InputItem, discover
-from .errors import OutputClosed, SaliencyError, Terminated, interrupt_code
+from .errors import OutputClosed, SaliencyError, Terminated, interrupt_code, out_of_space, output_full
 from .figures import Figures
+from .locking import OutLock
 from .methods import registry
 from .models import load_model
 from .outputs import MANIFEST, manifest_name
@@ -34,7 +36,7 @@ from .profile import Profile
 from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
-from .targets import load_labels, parse_target
+from .targets import check_labels, load_labels, parse_target
 from .writer import Writer
 
 log = logging.getLogger("saliency")
@@ -83,32 +85,53 @@ def run(
     on_record: Callable[[Record], None] | None = None,
     shard: tuple[int, int] | None = None,
     fail_fast: bool = False,
+    include_hidden: bool = False,
 ) -> RunSummary:
-    """Explain every image under `paths` that `out_dir` does not hold yet."""
-    start = time.perf_counter()
+    """Explain every image under `paths` that `out_dir` does not hold yet.
+    Runs into one `out_dir` take turns (locking.py); a full or read-only
+    `out_dir` stops the run with OutputFull, keeping every finished image."""
     shard = resolve_shard(shard)
     bound = _bind(cfg, methods)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     device = resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
     task = tasks.get(cfg.task)(cfg, device)
-    items = _inputs(paths, stdin, shard, out_dir)
+    items = _inputs(paths, stdin, shard, out_dir, include_hidden)
     digests = {name: settings_digest(cfg, b.params) for name, b in bound.items()}
-    work = plan(items, digests, out_dir, expected=task.expected_files, grid=cfg.output.grid, overwrite=overwrite)
-    summary = RunSummary(found=len(items), skipped=len(items) - len(work))
+    summary = RunSummary(found=len(items))
+    lock = OutLock(out_dir)
+    try:
+        lock.acquire(shard)  # before planning: the plan sees every record of the runs before this one
+        start = time.perf_counter()  # the run's own time, without the wait
+        work = _planned(items, digests, out_dir, task, overwrite, summary)
+        if work:
+            writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record, lock=lock,
+                             png_compression=cfg.output.png_compression, profile=summary.profile)
+            _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
+            summary.seconds = time.perf_counter() - start
+        if not summary.interrupted and not summary.stopped_early:
+            _finish(summary, out_dir, shard, lock)
+        if cfg.output.report and (shard is None or summary.merged):
+            write_report(out_dir)
+    except OSError as exc:
+        if not out_of_space(exc):
+            raise
+        raise output_full(out_dir, exc, summary.skipped + summary.ok) from exc
+    finally:
+        lock.release()
+    return summary
+
+
+def _planned(items: list[InputItem], digests: dict[str, str], out_dir: Path, task: tasks.Task, overwrite: bool,
+             summary: RunSummary) -> list[Work]:
+    """What each image still needs; the others count as skipped."""
+    work = plan(items, digests, out_dir, expected=task.expected_files, grid=task.cfg.output.grid,
+                overwrite=overwrite)
+    summary.skipped = len(items) - len(work)
     if summary.skipped:
         log.info("%d of %d image(s) already done in %s; skipping them (--overwrite redoes them)",
                  summary.skipped, summary.found, out_dir)
-    if work:
-        writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record,
-                         png_compression=cfg.output.png_compression, profile=summary.profile)
-        _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
-        summary.seconds = time.perf_counter() - start
-    if not summary.interrupted and not summary.stopped_early:
-        _finish(summary, out_dir, shard)
-    if cfg.output.report and (shard is None or summary.merged):
-        write_report(out_dir)
-    return summary
+    return work
 
 
 def _bind(cfg: Config, methods: Sequence[str] | None) -> dict[str, tasks.Bound]:
@@ -133,16 +156,21 @@ def _check_out_dir(out_dir: Path) -> None:
     if not existing.is_dir():
         raise SaliencyError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise output_full(out_dir, OSError(errno.EROFS, os.strerror(errno.EROFS)), None)
         raise SaliencyError(f"--out {str(out_dir)!r}: no permission to write in {str(existing)!r}")
 
 
 def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None,
-            out_dir: Path) -> list[InputItem]:
+            out_dir: Path, include_hidden: bool = False) -> list[InputItem]:
     """The images found under `paths` (this shard's share of them), outside OUT."""
-    found = discover(paths, stdin, exclude=out_dir)
+    found = discover(paths, stdin, exclude=out_dir, hidden=include_hidden)
     if found.skipped:
         log.info("skipping %d file(s) that are not images by their suffix (e.g. %s)",
                  len(found.skipped), found.skipped[0])
+    if found.hidden:
+        log.info("skipping %d hidden file(s) and folder(s) (e.g. %s; --include-hidden takes them)",
+                 len(found.hidden), found.hidden[0])
     if not found.items:
         raise SaliencyError(f"no images found in {' '.join(paths)}")
     if shard is None:
@@ -163,9 +191,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     work, bound = _applicable(task, model, work, bound, summary)
     if not work:
         return
-    auto = cfg.labels == "auto"
-    labels = load_labels(cfg.labels, num_classes=task.num_classes(model) if auto else None,
-                         names=getattr(model, "class_names", None))
+    classes = task.num_classes(model)
+    labels = load_labels(cfg.labels, num_classes=classes, names=getattr(model, "class_names", None))
+    check_labels(labels, classes)
     target = parse_target(cfg.runtime.target, labels)
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
     out = cfg.output
@@ -174,7 +202,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
                          device_type=task.device.type)
     try:
         writer = open_writer()
-    except OSError as exc:  # what _check_out_dir could not foresee (a read-only mount, a full disk)
+    except OSError as exc:  # what _check_out_dir could not foresee (a full disk: run() says so)
+        if out_of_space(exc):
+            raise
         raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc
     units = sum(task.units([bound[n] for n in w.methods]) for w in work)
     bar = tasks.Progress(units, task.unit, show=progress)
@@ -187,6 +217,8 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
         bar.close()
         _close(writer, summary)
     summary.ok, summary.failed = writer.counts["ok"], writer.counts["error"]
+    if writer.full is not None:  # run() says where, what and the fix
+        raise writer.full
 
 
 def _applicable(task: tasks.Task, model: Any, work: list[Work], bound: dict[str, tasks.Bound],
@@ -209,6 +241,8 @@ def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSu
     try:
         for batch in _timed(loader, state.profile):
             task.explain_safely(batch, state)
+            if state.writer.full is not None:  # OUT is full: stop at once
+                break
             if fail_fast and (batch.failed or state.writer.counts["error"]):
                 summary.stopped_early = True
                 log.error("stopping at the first failed input (--fail-fast)")
@@ -258,8 +292,8 @@ def _close(writer: Writer, summary: RunSummary) -> None:
         summary.interrupted = summary.interrupted or (Terminated.exit_code if caught[0] == signal.SIGTERM else 130)
 
 
-def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None) -> None:
+def _finish(summary: RunSummary, out_dir: Path, shard: tuple[int, int] | None, lock: OutLock) -> None:
     if shard is not None and out_dir.exists():
-        summary.merged = finish_shard(out_dir, *shard)
+        summary.merged = finish_shard(out_dir, *shard, lock=lock)
         if summary.merged:
             log.info("all %d shards done: merged their manifests into %s", shard[1], out_dir / MANIFEST)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .errors import SaliencyError, did_you_mean
+
+log = logging.getLogger("saliency")
 
 
 def load_labels(spec: str | list[str] | None, *, num_classes: int | None = None,
@@ -37,9 +40,23 @@ def load_labels(spec: str | list[str] | None, *, num_classes: int | None = None,
     return [line.strip() for line in lines]
 
 
-def label_of(labels: list[str] | None, index: int) -> str:
+def check_labels(labels: list[str] | None, num_classes: int | None) -> None:
+    """A list of names that does not match the model's outputs is most likely
+    a list for another model (or one name short): say so before the run."""
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        log.warning("labels: %d name(s) for a model with %d outputs; names go by class index, so check that the "
+                    "list belongs to this model", len(labels), num_classes)
+
+
+def label_of(labels: list[str] | None, index: int, *, explained: bool = False) -> str:
+    """The name of class `index` ("class N" without labels). A class that a
+    map explains must have its name when labels are given: a short list
+    would otherwise label maps with the wrong class without a word."""
     if labels is not None and 0 <= index < len(labels):
         return labels[index]
+    if labels is not None and explained:
+        raise SaliencyError(f"labels: class {index} is explained but the list has only {len(labels)} name(s); give "
+                            "one name per model output, in class order (or labels: null for class numbers)")
     return f"class {index}"
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,18 @@ def chelsea_input():
     cfg = Config().preprocess
     tensor, _ = preprocess(load_image(str(SAMPLES / "chelsea.png")), cfg)
     return normalize(tensor[None], cfg)
+
+
+@pytest.fixture
+def saliency_log(monkeypatch):
+    """The 'saliency' logger reaching caplog, and as it was afterwards (a CLI
+    command run in this process, by CliRunner, reconfigures it)."""
+    log = logging.getLogger("saliency")
+    monkeypatch.setattr(log, "handlers", [])
+    monkeypatch.setattr(log, "propagate", True)
+    monkeypatch.setattr(log, "level", log.level)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    return log
 
 
 def pytest_collection_modifyitems(config, items):

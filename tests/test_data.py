@@ -54,10 +54,11 @@ def test_stdin_keeps_order_and_stays_inside_out(tmp_path, monkeypatch):
 
 
 def test_inputs_under_a_tmp_folder_stay_out_of_the_writers_tmp(tmp_path):
-    """OUT/.tmp is emptied at the end of every run: no output may land there."""
+    """OUT/.tmp is emptied at the end of every run: no output may land there
+    (hidden folders are walked only with --include-hidden)."""
     make_png(tmp_path / ".tmp" / "manifest" / "x.png")
     make_png(tmp_path / "other" / ".tmp" / "y.png")  # deeper down it is harmless
-    keys = [i.key for i in discover([str(tmp_path)]).items]
+    keys = [i.key for i in discover([str(tmp_path)], hidden=True).items]
     assert keys == ["_tmp/manifest/x", "other/.tmp/y"]
 
 

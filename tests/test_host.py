@@ -29,7 +29,9 @@ def test_large_photos_are_drawn_at_png_max_side(tmp_path):
         assert png.size == (300, 200)
     assert np.load(out / "big" / "grad-cam.npy").shape == (224, 224)  # the map never changes
     record = json.loads((out / "manifest.jsonl").read_text())
-    assert record["size"] == [1200, 800] and (out / record["grid"]).is_file()
+    assert record["size"] == [1200, 800] and record["png_size"] == [300, 200] and (out / record["grid"]).is_file()
+    verified = saliency("verify", str(out))
+    assert verified.returncode == 0, verified.stdout + verified.stderr  # PNGs checked at the size drawn
     again = saliency(*args, "--set", "output.png_max_side=600")  # another size: redrawn
     assert again.returncode == 0 and "made with other settings" in again.stderr
     with Image.open(out / "big" / "grad-cam.png") as png:

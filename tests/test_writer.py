@@ -77,10 +77,16 @@ def test_finished_methods_need_every_expected_file(tmp_path):
     record = Record(input="img.png", key="img", outputs={"gradient": files})
     expected = {"gradient": files}
     assert finished_methods(tmp_path, record, expected) == set()
-    for rel in files.all():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
+    writer = Writer(tmp_path)
+    writer.save_npy(files.npy, np.zeros((4, 5), np.float32))
+    writer.save_png(files.pngs[0], Image.new("RGB", (5, 4)))
+    writer.close()
     assert finished_methods(tmp_path, record, expected) == {"gradient"}
+    (tmp_path / files.npy).write_bytes((tmp_path / files.npy).read_bytes()[:-1])  # one byte short
+    assert finished_methods(tmp_path, record, expected) == set()
+    writer = Writer(tmp_path)
+    writer.save_npy(files.npy, np.zeros((4, 5), np.float32))
+    writer.close()
     record.fail("broken")
     assert finished_methods(tmp_path, record, expected) == set()
     record.status = "ok"

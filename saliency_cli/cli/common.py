@@ -3,7 +3,8 @@ error handler, and the options every command takes (-c, --set, --debug).
 
 Exit codes: 0 all done; 1 some input files failed (see the manifest);
 2 bad usage, config, method, layer or model; 3 an unexpected internal error;
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 --jsonl reader gone.
+4 OUT full or read-only (finished images kept); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM), 141 --jsonl reader gone.
 """
 
 from __future__ import annotations
@@ -36,6 +37,26 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+def _version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from .. import __version__
+
+        print(f"saliency-cli {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version (and torch's) and exit.")] = False,
+) -> None:
+    pass
+
 
 ConfigOpt = Annotated[
     Optional[Path],
@@ -92,7 +113,7 @@ def handle_errors(command):
             if debug:
                 traceback.print_exc()
             print(f"saliency: error: {exc}", file=sys.stderr)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort):
             raise
         except KeyboardInterrupt as exc:

@@ -55,6 +55,8 @@ FailFast = Annotated[bool, _opt("--fail-fast", help="Stop after the batch in whi
                      "code 1) instead of recording it and going on.")]
 Profile = Annotated[bool, _opt("--profile", help="At the end, print on stderr where the time went: decode, "
                     "transfer, attribution, render, encode, write, idle (seconds and share of the wall time).")]
+Hidden = Annotated[bool, _opt("--include-hidden", help="Also take hidden files and folders (names starting with a "
+                   "dot, such as .ipynb_checkpoints) inside folders; skipped by default.")]
 Shard = Annotated[Optional[str], _opt("--shard", metavar="K/N", help="Process only shard K (0..N-1) of N of the "
                   "sorted inputs; under torchrun the run shards itself by RANK/WORLD_SIZE. The last shard to "
                   "finish merges the manifests.")]
@@ -71,7 +73,8 @@ EPILOG = (
     ".npy (raw float32 map at model-input size), plus OUT/manifest.jsonl (one record per image). "
     "A rerun skips finished images (and redoes maps made with other settings). "
     "Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
-    "config, 3 internal error, 130/143 interrupted, 141 --jsonl reader gone."
+    "config, 3 internal error, 4 OUT full or read-only (finished images kept; free space and rerun), "
+    "130/143 interrupted, 141 --jsonl reader gone. Runs into one OUT take turns: a second run waits for the first."
 )
 
 
@@ -81,7 +84,8 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
             batch_size: BatchSize = None, device: Device = None, target: Target = None, top_k: TopK = None,
             overwrite: Overwrite = False, quiet: Quiet = False, jsonl: Jsonl = False, grid: Grid = False,
             report: Report = False, no_overlay: NoOverlay = False, colormap: Colormap = None, amp: Amp = False,
-            fail_fast: FailFast = False, shard: Shard = None, profile: Profile = False, set_: SetOpt = None,
+            fail_fast: FailFast = False, shard: Shard = None, include_hidden: Hidden = False,
+            profile: Profile = False, set_: SetOpt = None,
             debug: DebugOpt = False) -> None:
     """Explain images: write heatmap PNGs, raw .npy maps and a manifest."""
     setup_logging(quiet, debug)
@@ -99,7 +103,7 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
         cfg, paths, out, methods=method or None, overwrite=overwrite,
         progress=not quiet and sys.stderr.isatty(),
         on_record=_RecordPrinter() if jsonl else None,
-        shard=_parse_shard(shard), fail_fast=fail_fast,
+        shard=_parse_shard(shard), fail_fast=fail_fast, include_hidden=include_hidden,
     )
     _tell(summary, out)
     if profile and summary.seconds:

@@ -197,6 +197,10 @@ def resolve_layer(model: nn.Module, images: torch.Tensor, name: str | None, meth
     if call.kind is None:
         raise SaliencyError(f"{method}: layer {name!r} outputs {list(call.shape or [])}, not a 4-D feature map "
                             "[B,C,H,W], an NHWC map or patch tokens [B,N,C]; `saliency layers` lists the candidates")
+    if call.kind.grid == (1, 1) and f"1x1 {name}" not in found.noted:
+        found.noted.add(f"1x1 {name}")
+        log.warning("%s: layer %r outputs a 1x1 map (a global pooling?), so the map is constant over the image; "
+                    "choose a layer before the pooling (`saliency layers` lists them)", method, name)
     calls = found.count(name)
     if calls > 1 and name not in found.noted:  # once per model and input shape
         found.noted.add(name)

@@ -40,6 +40,7 @@ from ..outputs import npy_path, png_path
 from ..plan import Work
 from ..profile import Profile
 from ..records import Files, Record
+from ..render import shown_size
 from ..runtime import prepare_model
 from ..writer import Writer
 
@@ -200,10 +201,12 @@ class Task:
         item = run.work[it["index"]].item
         run.writer.submit(Record(input=item.path, key=item.key, status="error", error=error))
 
-    @staticmethod
-    def new_record(work: Work, it: dict) -> Record:
+    def new_record(self, work: Work, it: dict) -> Record:
         """An image's record before its maps: outputs and settings kept from earlier runs."""
-        return Record(input=work.item.path, key=work.item.key, size=list(it["size"]),
+        size = list(it["size"])
+        shown = list(shown_size(it["size"], self.cfg.output.png_max_side))
+        return Record(input=work.item.path, key=work.item.key, size=size,
+                      png_size=shown if shown != size and self.cfg.output.png else None,
                       outputs=dict(work.previous), settings=dict(work.settings),
                       seconds={"decode": round(it["decode_seconds"], 5)})
 

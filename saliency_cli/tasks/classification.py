@@ -72,13 +72,14 @@ class Classification(Task):
         """Image i's record and file jobs, to the writer."""
         record = self.new_record(work, it)
         record.fields["predictions"] = [_prediction(run, c, p) for c, p in explained.top[i]]
-        record.fields["target"] = _prediction(run, *explained.targets[i])
+        record.fields["target"] = _prediction(run, *explained.targets[i], explained=True)
         record.seconds.update({n: explained.seconds[n] for n in work.methods})
         jobs, panels, pictures = [], {}, []
         for name in work.methods:
             bound, values = run.methods[name], explained.maps[name][i]
             record.outputs[name] = files = self.expected_files(work.item.key, name)
             if files.npy:
+                files.describe(values)
                 jobs.append(partial(run.writer.save_npy, files.npy, values))
             shown = values if run.figures.device is None else explained.on_device[name][i]
             pictures += [Picture(rel, bound.method, bound.params, shown) for rel in files.pngs]
@@ -86,7 +87,7 @@ class Classification(Task):
         if self.cfg.output.grid:
             jobs.append(run.figures.grid_job(record, it, panels, _caption))
         held = sum(explained.maps[name][i].nbytes for name in work.methods) + run.figures.held(pictures, it)
-        run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held)
+        run.writer.submit(record, jobs, nbytes=self.photo_bytes(it) + held, replaces=work.replaced)
 
     def _attribute(self, x: torch.Tensor, names: list[str], run: Run) -> _Explained:
         size = x.shape[0]
@@ -111,8 +112,8 @@ class Classification(Task):
         return _Explained(host, maps, seconds, top, chosen)
 
 
-def _prediction(run: Run, index: int, prob: float) -> dict[str, Any]:
-    return {"class": index, "label": label_of(run.labels, index), "prob": round(prob, 6)}
+def _prediction(run: Run, index: int, prob: float, explained: bool = False) -> dict[str, Any]:
+    return {"class": index, "label": label_of(run.labels, index, explained=explained), "prob": round(prob, 6)}
 
 
 def _caption(record: Record, rel: str | None) -> str:

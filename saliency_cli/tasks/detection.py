@@ -86,7 +86,7 @@ class Detection(Task):
         record.seconds.update({n: round(s, 5) for n, s in watch.seconds().items()})
         if self.cfg.output.grid:
             jobs.append(run.figures.grid_job(record, it, panels, _caption))
-        run.writer.submit(record, jobs, nbytes=held)
+        run.writer.submit(record, jobs, nbytes=held, replaces=work.replaced)
 
     def _outputs(self, run: Run, bound: Bound, explained: DetectionExplanation, input_size: tuple[int, int],
                  it: dict, work: Work, record: Record, panels: dict) -> list:
@@ -96,12 +96,15 @@ class Detection(Task):
         width, height = it["size"]
         scale = np.array([width / input_size[1], height / input_size[0]] * 2)  # input -> photo pixels
         record.outputs[bound.name] = files = self.expected_files(work.item.key, bound.name)
-        jobs: list = [partial(run.writer.save_npy, files.npy, maps)] if files.npy else []
+        jobs: list = []
+        if files.npy:
+            files.describe(maps)
+            jobs.append(partial(run.writer.save_npy, files.npy, maps))
         record.fields["detections"], pictures = [], []
         shown = maps if run.figures.device is None else explained.maps
         for k in range(len(dets)):
             box = (dets.boxes[k].numpy() * scale).round(2).tolist()
-            label, score = label_of(run.labels, int(dets.labels[k])), float(dets.scores[k])
+            label, score = label_of(run.labels, int(dets.labels[k]), explained=True), float(dets.scores[k])
             entry = {"index": k, "box": box, "class": int(dets.labels[k]), "label": label, "score": round(score, 6)}
             if files.many_pngs:
                 entry["png"] = detection_png_path(work.item.key, bound.name, k)
