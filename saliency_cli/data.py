@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import device_decode
 from .discovery import InputItem
 from .errors import InputError
-from .render import shown_size
+from .render import open_image, shown_size
 
 if TYPE_CHECKING:  # types only: the config imports the tasks, which use this module
     from .config import PreprocessConfig
@@ -33,7 +33,7 @@ def load_image(path: str) -> Image.Image:
     try:
         with warnings.catch_warnings():  # PIL's warnings (big image, odd palette) would print raw
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.load()
                 return to_rgb(_upright(img))
     except FileNotFoundError:

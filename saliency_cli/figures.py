@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .methods.registry import Method
 from .outputs import grid_path
 from .profile import Profile
 from .records import Record
-from .render import compose_grid, draw_detection, render_heatmap, shown_scale, shown_size
+from .render import compose_grid, draw_detection, open_image, render_heatmap, shown_scale, shown_size
 from .render_torch import render_overlays
 from .writer import Writer
 
@@ -130,7 +129,7 @@ class Figures:
                 for rel in files.pngs:
                     image = panels.get(rel)
                     if image is None:
-                        with Image.open(self.writer.out / rel) as stored:
+                        with open_image(self.writer.out / rel) as stored:
                             image = stored.convert("RGB")
                     cells.append((image, name, caption(record, rel)))
             self.writer.save_png(record.grid, compose_grid(cells))

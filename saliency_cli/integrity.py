@@ -22,9 +22,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .records import read_manifest
+from .render import open_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
@@ -93,7 +93,7 @@ def decode_problem(path: Path, size: list[int] | None = None) -> str | None:
     if problem is not None:
         return problem
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
     except Exception as exc:  # zlib, CRC, truncation: whatever PIL finds
         return f"does not decode: {exc}"

@@ -8,7 +8,8 @@ The raw map is never modified; scaling happens on a copy, for display only.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+import sys
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -68,6 +69,15 @@ def to_unit(values: np.ndarray, style: Style, percentile: float = 99.0) -> np.nd
     if scale <= 0:
         return np.zeros_like(values)
     return np.clip(values / scale, 0.0, 1.0)
+
+
+def open_image(path: Any) -> Image.Image:
+    """Pillow's own Image.open. Importing Ultralytics replaces it with one
+    that, on a file Pillow cannot identify, tries to install and load a HEIF
+    plugin (and raises ModuleNotFoundError offline): a bad input must still
+    be reported as a bad input."""
+    patched = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patched, "_image_open", Image.open)(path)
 
 
 def shown_scale(size: tuple[int, int], max_side: int | None) -> float:

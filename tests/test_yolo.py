@@ -193,3 +193,16 @@ def test_clear_errors(ultralytics_env, tmp_path):
     proc = cli(ultralytics_env, "explain", str(SAMPLES / "coffee.png"), "-c", str(tmp_path / "missing.yaml"),
                "-o", str(tmp_path))
     assert proc.returncode == 2 and "no such file" in proc.stderr and "nothing is downloaded" in proc.stderr
+
+
+def test_bad_inputs_stay_bad_inputs_once_ultralytics_is_imported(ultralytics_env, tmp_path):
+    """Importing Ultralytics patches Pillow's Image.open to fetch a HEIF
+    plugin for files Pillow cannot identify: decoding must not go through it."""
+    import ultralytics  # noqa: F401  (applies the patch)
+
+    from saliency_cli.data import load_image
+    from saliency_cli.errors import InputError
+
+    (tmp_path / "note.png").write_text("hello, not an image")
+    with pytest.raises(InputError, match="not an image"):
+        load_image(str(tmp_path / "note.png"))

@@ -53,6 +53,7 @@ def build(cfg: ModelConfig) -> Any:
 def _load(path: str) -> Any:
     """YOLO(path), its messages kept off stdout (which --jsonl owns)."""
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # it would pip-install packages it misses, mid-run
     with contextlib.redirect_stdout(sys.stderr):
         try:
             from ultralytics import YOLO
