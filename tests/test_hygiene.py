@@ -14,7 +14,8 @@ from .helpers import TinyCNN, assert_same_state, model_state, seeded
 
 CLASSIFICATION = registry.names("classification")  # d-rise has its own contract (test_d_rise.py)
 # keep the expensive methods cheap here; their own tests cover their parameters
-FAST = {"smoothgrad": {"n": 3}}
+FAST = {"smoothgrad": {"n": 3}, "integrated-gradients": {"steps": 3}, "rise": {"num_masks": 6},
+        "occlusion": {"window": 4, "stride": 4}}
 
 
 def params(name):
@@ -106,5 +107,6 @@ def test_registry_rejects_duplicates():
 
 def test_registry_is_the_list_of_methods():
     assert sal.methods() == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad",
-                             "cam", "grad-cam", "guided-grad-cam", "d-rise"]
+                             "integrated-gradients", "cam", "grad-cam", "guided-grad-cam", "grad-cam-plus-plus",
+                             "layer-cam", "score-cam", "eigen-cam", "rise", "occlusion", "d-rise"]
     assert registry.names("detection") == ["d-rise"]

@@ -25,12 +25,13 @@ def methods_cmd(
     """List the attribution methods (names for -m)."""
     from ..methods import registry
 
+    width = max(map(len, registry.names()))
     for name in registry.names():
         spec = registry.get(name)
-        print(f"{name:18s} {spec.summary}  [{spec.paper}]")
+        print(f"{name:{width}s} {spec.summary}  [{spec.paper}]")
         if params:
             for key, value in spec.defaults().items():
-                print(f"{'':18s}   {key}: {json.dumps(value)}")
+                print(f"{'':{width}s}   {key}: {json.dumps(value)}")
 
 
 @app.command("merge", epilog="[bold]Example[/bold]\n\n  saliency merge out/")
