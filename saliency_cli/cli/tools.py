@@ -83,7 +83,7 @@ def config_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
              "  saliency explain photos/ -m grad-cam --set methods.grad-cam.layer=layer3")
 @handle_errors
 def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """List the layers grad-cam can explain (4-D outputs, in the order they run)."""
+    """List the layers grad-cam and the other layer methods can explain (4-D outputs, in the order they run)."""
     setup_logging(False, debug)
     import torch
 
@@ -105,7 +105,8 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
         runs = f"  runs {row.calls}x per forward: the last call is used" if row.calls > 1 else ""
         print(f"{'*' if row.default else ' '} {row.name:{width}s}  {row.kind:24s} "
               f"{'x'.join(map(str, row.shape[1:]))}{runs}")
-    print("* default layer of grad-cam and guided-grad-cam (the last feature map before global pooling)")
+    layered = [name for name in registry.names(cfg.task) if registry.get(name).takes_layer]
+    print(f"* default layer of {', '.join(layered)} (the last feature map before global pooling)")
     try:
         cam = registry.get("cam")
         cam.run(model, images, None, cam.make_params())
