@@ -20,9 +20,9 @@ methods' own defaults one CPU batch takes minutes.
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import importlib.util
-import os
+import io
 import time
 from collections.abc import Callable
 
@@ -35,8 +35,6 @@ from saliency_cli.methods.layers import probe
 from saliency_cli.methods.masks import RiseMasks
 
 from common import forward, fwd_bwd, fwd_bwd_layer
-
-os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's ScoreCAM draws a progress bar per image
 
 METHODS = ("integrated-gradients", "rise", "occlusion", "grad-cam-plus-plus", "layer-cam", "score-cam",
            "eigen-cam")
@@ -195,7 +193,9 @@ def pytorch_grad_cam_run(kind, model, x, t, layer):
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with getattr(pytorch_grad_cam, kind)(model=model, target_layers=[layer]) as cam:
+    # its ScoreCAM draws a progress bar per image: keep it (it is part of its cost), out of the report
+    with getattr(pytorch_grad_cam, kind)(model=model, target_layers=[layer]) as cam, \
+            contextlib.redirect_stderr(io.StringIO()):
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
 
 
