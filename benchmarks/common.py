@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the models they build, the sample
-photos, and timing on a device (CUDA work is asynchronous: wait for it)."""
+photos, timing on a device (CUDA work is asynchronous: wait for it), and the
+floors (the bare model passes a method cannot avoid)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,35 @@ def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int,
             if round_:
                 times[label].append(time.perf_counter() - start)
     return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+# ------------------------------------------------------------------ floors: the model passes a method cannot avoid
+
+
+def fwd_bwd(model, x, t):
+    """One forward and one backward to the input: what every gradient method must do."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
+
+
+def forward(model, x, t):
+    with torch.no_grad():
+        model(x)
+
+
+def fwd_bwd_layer(model, x, t, layer):
+    """Forward, then backward from the logit to one layer's output only."""
+    captured = []
+
+    def hook(_m, _i, out):
+        out = out.detach().requires_grad_(True)
+        captured.append(out)
+        return out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    torch.autograd.grad(logits.gather(1, t[:, None]).sum(), captured[-1])

@@ -9,6 +9,8 @@ median over rounds of the time for one batch:
             smoothgrad: n of those, at the best chunking of the ones tried
             cam: one forward; grad-cam: forward + backward to the layer
             d-rise: N masked forwards of the detector, batched, masks made beforehand
+            integrated gradients, RISE, occlusion, Grad-CAM++, LayerCAM, Score-CAM,
+            Eigen-CAM: see method_variants.py
   peers   captum, pytorch-grad-cam (package grad-cam), torch-cam, where they
           implement the same method, on the same model, inputs and targets
 
@@ -18,6 +20,7 @@ written) against attribution alone, and the peak memory of each method.
     python benchmarks/run.py                      # CPU, EfficientNet-Lite0, batch 8
     python benchmarks/run.py --model resnet50 --device cuda --batch 32
     python benchmarks/run.py --methods grad-cam cam --repeats 7
+    python benchmarks/run.py --methods rise score-cam --rise-masks 256 --one-mask-per-call
 
 Prints a Markdown report (see BENCHMARKS.md); --json also saves the numbers.
 """
@@ -45,47 +48,16 @@ import saliency_cli as sal
 from saliency_cli.methods.layers import probe
 from saliency_cli.runtime import prepare_model
 
-from common import ROOT, build, copy_photos, interleaved_medians, sync
+import method_variants
+from common import ROOT, build, copy_photos, forward, fwd_bwd, fwd_bwd_layer, interleaved_medians, sync
 
 TARGETS = {  # ratio of ours to the floor (or to the reference pass named in the table)
     "gradient": 1.10, "gradient-x-input": 1.10, "deconvnet": 1.10, "guided-backprop": 1.10,
     "smoothgrad": 1.10, "cam": 1.05, "grad-cam": 0.75, "guided-grad-cam": 1.15, "d-rise": 1.15,
-}
+} | method_variants.TARGETS
 
 
 # ------------------------------------------------------------------ models and inputs
-
-
-# ------------------------------------------------------------------ floors
-
-
-def fwd_bwd(model, x, t):
-    """One forward and one backward to the input: what every gradient method must do."""
-    x = x.detach().requires_grad_(True)
-    logits = model(x)
-    torch.autograd.grad(logits.gather(1, t[:, None]).sum(), x)
-
-
-def forward(model, x, t):
-    with torch.no_grad():
-        model(x)
-
-
-def fwd_bwd_layer(model, x, t, layer):
-    """Forward, then backward from the logit to one layer's output only."""
-    captured = []
-
-    def hook(_m, _i, out):
-        out = out.detach().requires_grad_(True)
-        captured.append(out)
-        return out
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    torch.autograd.grad(logits.gather(1, t[:, None]).sum(), captured[-1])
 
 
 # ------------------------------------------------------------------ variants per method
@@ -102,6 +74,8 @@ def classification_variants(name, model, peer_model, x, t, args) -> dict[str, Ca
     model does (pytorch-grad-cam relies on it); ours and the floors use the
     frozen model, as the CLI does (attribute() freezes a user's model for the
     duration of the call)."""
+    if name in method_variants.METHODS:
+        return method_variants.variants(name, model, peer_model, x, t, args)
     ca = importlib.import_module("captum.attr") if installed("captum") else None
     layer_name = probe(model, x).default_layer()
     default_layer, peer_layer = model.get_submodule(layer_name), peer_model.get_submodule(layer_name)
@@ -200,7 +174,7 @@ def pytorch_grad_cam_run(model, x, t, layer):
 
 
 def params(name, args):
-    return {"n": args.smoothgrad_n} if name == "smoothgrad" else {}
+    return {"n": args.smoothgrad_n} if name == "smoothgrad" else method_variants.params(name, args)
 
 
 # ------------------------------------------------------------------ d-rise
@@ -256,6 +230,7 @@ if {method!r} == "d-rise":
 else:
     model = b.prepare_model(b.build(args.model), device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x = b.method_variants.images_for({method!r}, x, args)
     t = model(x).argmax(1)
     v = lambda: b.sal.attribute(model, x, {method!r}, targets=t, **b.params({method!r}, args))
 if device.type == "cuda":
@@ -383,7 +358,8 @@ def parse(argv=None):
     ap.add_argument("--detector-size", type=int, default=320)
     ap.add_argument("--masks", type=int, default=64)
     ap.add_argument("--mask-batch", type=int, default=8)
-    ap.add_argument("--one-mask-per-call", action="store_true", help="also time D-RISE one mask per call")
+    ap.add_argument("--one-mask-per-call", action="store_true", help="also time D-RISE and RISE one mask per call")
+    method_variants.add_arguments(ap)
     ap.add_argument("--e2e-images", type=int, default=64)
     ap.add_argument("--e2e-methods", nargs="*", default=["gradient", "grad-cam"])
     ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end timings: median of this many")

@@ -65,8 +65,7 @@ class Config:
         for name in self.run:
             self.check_method(name)
         # built (and so validated) once, here; method_params hands out these objects
-        self._params = {name: registry.get(name).make_params(values, where=f"methods.{name}")
-                        for name, values in self.methods.items()}
+        self._params = {name: self._make_params(name, values) for name, values in self.methods.items()}
 
     def check_method(self, name: str) -> None:
         """The method exists and explains this config's kind of model."""
@@ -79,8 +78,14 @@ class Config:
         """The parameter object of one method (its defaults unless `methods.<name>` sets some)."""
         built = self.__dict__.setdefault("_params", {})
         if name not in built:
-            built[name] = registry.get(name).make_params(self.methods.get(name, {}), where=f"methods.{name}")
+            built[name] = self._make_params(name, self.methods.get(name, {}))
         return built[name]
+
+    def _make_params(self, name: str, values: dict[str, Any]) -> Any:
+        params = registry.get(name).make_params(values, where=f"methods.{name}")
+        if hasattr(params, "fit_preprocess"):  # parameters given in pixel values (a black baseline)
+            params.fit_preprocess(self.preprocess)
+        return params
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.cuda
 def test_methods_match_the_cpu(name):
     model = seeded(TinyCNN(), 0).eval()
     x = torch.randn(3, 3, 16, 16)
-    extra = {"n": 4, "noise_level": 0.0} if name == "smoothgrad" else {}
+    extra = {"smoothgrad": {"n": 4, "noise_level": 0.0}, "integrated-gradients": {"steps": 3},
+             "rise": {"num_masks": 8, "p": 1.0},  # every cell kept: the same masks whatever the device's RNG
+             "occlusion": {"window": 4, "stride": 4}}.get(name, {})
     on_cpu = sal.attribute(model, x, name, **extra)
     on_gpu = sal.attribute(model.cuda(), x.cuda(), name, **extra)
     assert on_gpu.device.type == "cuda"
@@ -31,6 +33,20 @@ def test_smoothgrad_sizes_its_chunks_from_free_memory():
     x = torch.randn(4, 3, 32, 32, device="cuda")
     auto = sal.attribute(model, x, "smoothgrad", n=40)
     fixed = sal.attribute(model, x, "smoothgrad", n=40, noise_batch=7)
+    torch.testing.assert_close(auto, fixed, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, params, chunk", [
+    ("integrated-gradients", {"steps": 20, "baseline": "noise"}, "step_batch"),
+    ("rise", {"num_masks": 40}, "mask_batch"),
+    ("occlusion", {"window": 8, "stride": 4}, "window_batch"),
+    ("score-cam", {}, "channel_batch"),
+])
+def test_chunks_sized_from_free_memory_give_the_same_maps(name, params, chunk):
+    model = seeded(TinyCNN(), 0).eval().cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    auto = sal.attribute(model, x, name, **params)
+    fixed = sal.attribute(model, x, name, **params, **{chunk: 7})
     torch.testing.assert_close(auto, fixed, rtol=1e-4, atol=1e-6)
 
 

@@ -15,7 +15,8 @@ from .helpers import TinyAttention, TinyCNN, assert_same_state, model_state, see
 
 CLASSIFICATION = registry.names("classification")  # d-rise has its own contract (test_d_rise.py)
 # keep the expensive methods cheap here; their own tests cover their parameters
-FAST = {"smoothgrad": {"n": 3}}
+FAST = {"smoothgrad": {"n": 3}, "integrated-gradients": {"steps": 3}, "rise": {"num_masks": 6},
+        "occlusion": {"window": 4, "stride": 4}}
 
 
 def params(name):
@@ -123,5 +124,7 @@ def test_registry_rejects_duplicates():
 
 def test_registry_is_the_list_of_methods():
     assert sal.methods() == ["gradient", "gradient-x-input", "deconvnet", "guided-backprop", "smoothgrad",
-                             "cam", "grad-cam", "guided-grad-cam", "attention-rollout", "d-rise"]
+                             "integrated-gradients", "cam", "grad-cam", "guided-grad-cam", "grad-cam-plus-plus",
+                             "layer-cam", "score-cam", "eigen-cam", "rise", "occlusion", "attention-rollout",
+                             "d-rise"]
     assert registry.names("detection") == ["d-rise"]

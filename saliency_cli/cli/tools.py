@@ -25,12 +25,13 @@ def methods_cmd(
     """List the attribution methods (names for -m)."""
     from ..methods import registry
 
+    width = max(map(len, registry.names()))
     for name in registry.names():
         spec = registry.get(name)
-        print(f"{name:18s} {spec.summary}  [{spec.paper}]")
+        print(f"{name:{width}s} {spec.summary}  [{spec.paper}]")
         if params:
             for key, value in spec.defaults().items():
-                print(f"{'':18s}   {key}: {json.dumps(value)}")
+                print(f"{'':{width}s}   {key}: {json.dumps(value)}")
 
 
 @app.command("merge", epilog="[bold]Example[/bold]\n\n  saliency merge out/")
@@ -82,8 +83,9 @@ def config_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
              "  saliency explain photos/ -m grad-cam --set methods.grad-cam.layer=layer3")
 @handle_errors
 def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """List the layers grad-cam can explain (feature maps, NHWC maps and
-    transformer tokens, in the order they run) and which methods apply."""
+    """List the layers the layer methods (grad-cam, layer-cam, score-cam...) can
+    explain (feature maps, NHWC maps and transformer tokens, in the order they
+    run) and which methods apply."""
     setup_logging(False, debug)
     import torch
 
@@ -104,8 +106,9 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     for row in rows:
         runs = f"  runs {row.calls}x per forward: the last call is used" if row.calls > 1 else ""
         print(f"{'*' if row.default else ' '} {row.name:{width}s}  {row.kind:24s} {row.output}{runs}")
-    print("* default layer of the layer methods (grad-cam...): the last feature map before global pooling; for a "
-          "transformer, the last token layer whose patch tokens reach the classifier (ViT: the last block's first "
+    layered = ", ".join(name for name in registry.names(cfg.task) if registry.get(name).takes_layer)
+    print(f"* default layer of {layered}: the last feature map before global pooling; for a "
+          f"transformer, the last token layer whose patch tokens reach the classifier (ViT: the last block's first "
           "LayerNorm)" if any(r.default for r in rows) else "no default layer: name one with the method's `layer`")
     _applies(model, images, cfg)
 

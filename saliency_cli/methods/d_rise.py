@@ -2,9 +2,7 @@
 via Saliency Maps"): random masks, detections of each masked image, and the
 masks weighted by how well those detections match the target detection.
 
-Masks (as in RISE): a grid x grid Bernoulli(p) grid, bilinearly upsampled to
-(grid+1) * cell pixels (cell = ceil(size / grid)) and cropped to the image at
-a random shift of less than one cell; the masked image is image * mask.
+Masks as in RISE (methods/masks.py); the masked image is image * mask.
 
 For target detection t and mask i, over the detections j of the masked image:
     w_i = max_j IoU(b_t, b_j) * cos(P_t, P_j) * O_j      (0 if none)
@@ -21,7 +19,6 @@ maps do not depend on `mask_batch`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +27,7 @@ import torch.nn.functional as F
 from ..detection import DetectionExplanation, Detections, Detector, box_iou
 from ..errors import SaliencyError
 from ..memory import run_in_chunks
+from .masks import RiseMasks
 from .registry import Progress, register_detection
 
 
@@ -50,29 +48,6 @@ class DRiseParams:
             raise SaliencyError("d-rise: p must be in (0, 1]")
         if self.mask_batch is not None and self.mask_batch < 1:
             raise SaliencyError("d-rise: mask_batch must be >= 1")
-
-
-class RiseMasks:
-    """The N masks of one image, built on demand by index range."""
-
-    def __init__(self, n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: torch.device):
-        height, width = size
-        gen = torch.Generator(device=device).manual_seed(seed)
-        self.grids = (torch.rand(n, 1, grid, grid, generator=gen, device=device) < p).float()
-        cell_h, cell_w = math.ceil(height / grid), math.ceil(width / grid)
-        self.shift_y = torch.randint(0, cell_h, (n,), generator=gen, device=device)
-        self.shift_x = torch.randint(0, cell_w, (n,), generator=gen, device=device)
-        self.upsampled = ((grid + 1) * cell_h, (grid + 1) * cell_w)
-        self.rows = torch.arange(height, device=device)
-        self.cols = torch.arange(width, device=device)
-
-    def __call__(self, start: int, stop: int) -> torch.Tensor:
-        up = F.interpolate(self.grids[start:stop], size=self.upsampled, mode="bilinear", align_corners=False)
-        rows = self.shift_y[start:stop, None] + self.rows  # [m,H]
-        cols = self.shift_x[start:stop, None] + self.cols  # [m,W]
-        which = torch.arange(stop - start, device=up.device)[:, None, None]
-        masks = up[:, 0][which, rows[:, :, None], cols[:, None, :]]
-        return masks.clamp_(0.0, 1.0)  # bilinear weights can overshoot 1 by a rounding error
 
 
 def similarity(targets: Detections, found: list[Detections]) -> torch.Tensor:

@@ -48,6 +48,12 @@ class SmoothGradParams(PixelParams):
         # the base's parameters are validated here, once, not at every batch
         self._base = base, base.make_params({**self.base_params, "reduce": "none"}, where="smoothgrad.base_params")
 
+    def fit_preprocess(self, preprocess: Any) -> None:
+        """Pass the input normalisation on to a base that needs it (integrated gradients' black)."""
+        base_params = self.base_method()[1]
+        if hasattr(base_params, "fit_preprocess"):
+            base_params.fit_preprocess(preprocess)
+
     def base_method(self) -> tuple[registry.ClassificationMethod, Any]:
         """The base method and its parameters (reduce: none: SmoothGrad reduces the mean)."""
         if not hasattr(self, "_base"):  # built directly, not through make_params
