@@ -8,6 +8,11 @@
     OUT/<key>/grid.png                      the photo and every map side by side
     OUT/report.html, OUT/report-N.html      the browsable report
     OUT/.tmp/                               the writers' temporary files
+    OUT/settings/<digest>.json              the effective config of the maps made with that digest
+    OUT/evaluation.jsonl                    `saliency evaluate`: one record per image and method
+    OUT/<key>/<method>.<metric>.npy         its curves (deletion, insertion): [maps, steps + 1]
+    OUT/evaluation-summary.json             per method: mean, 95% CI and count of each metric
+    OUT/evaluation.html                     the summary table and mean curves (--report)
 
 `key` is an input's relative path without suffix (see discovery.py).
 """
@@ -26,6 +31,10 @@ TMP_DIR = ".tmp"
 REPORT = "report.html"
 REPORT_PAGE = "report-{n}.html"  # pages 2, 3, ...
 REPORT_PAGE_GLOB = "report-*.html"
+SETTINGS_DIR = "settings"
+EVALUATION = "evaluation.jsonl"
+EVALUATION_SUMMARY = "evaluation-summary.json"
+EVALUATION_REPORT = "evaluation.html"
 
 
 def manifest_name(shard: tuple[int, int] | None) -> str:
@@ -51,3 +60,11 @@ def grid_path(key: str) -> str:
 
 def report_page(number: int) -> str:
     return REPORT if number == 1 else REPORT_PAGE.format(n=number)
+
+
+def settings_path(digest: str) -> str:
+    return f"{SETTINGS_DIR}/{digest}.json"
+
+
+def curve_path(key: str, method: str, metric: str) -> str:
+    return f"{key}/{method}.{metric}.npy"

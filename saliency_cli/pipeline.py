@@ -29,6 +29,7 @@ from .methods import registry
 from .models import load_model
 from .outputs import MANIFEST, manifest_name
 from .plan import Work, plan, settings_digest
+from .recorded import save_settings
 from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
@@ -99,6 +100,8 @@ def run(
         writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record)
         _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
         summary.seconds = time.perf_counter() - start
+    elif out_dir.is_dir():  # nothing to do: still record the config (for `saliency evaluate`)
+        save_settings(out_dir, cfg, {name: b.params for name, b in bound.items()})
     if not summary.interrupted and not summary.stopped_early:
         _finish(summary, out_dir, shard)
     if cfg.output.report and (shard is None or summary.merged):
@@ -164,6 +167,7 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
                          device_type=task.device.type)
     try:
         writer = open_writer()
+        save_settings(writer.out, cfg, {name: b.params for name, b in bound.items()})  # before a record names it
     except OSError as exc:  # what _check_out_dir could not foresee (a read-only mount, a full disk)
         raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc
     units = sum(task.units([bound[n] for n in w.methods]) for w in work)
