@@ -11,6 +11,7 @@ imported below.
 from .common import app  # noqa: F401
 from . import explain  # noqa: F401
 from . import tools  # noqa: F401
+from . import evaluate  # noqa: F401
 # isort: on
 
 
