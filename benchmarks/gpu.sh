@@ -5,7 +5,7 @@
 #
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log) and STEP.json where the script writes one. STEP is any of
-#   tests effnet resnet50 convnext layouts amp workers
+#   tests effnet resnet50 convnext layouts amp workers evaluate
 # (default: all, in that order; the whole set takes about 15-25 minutes on an
 # H100). A failing step is reported and the others still run; the exit code
 # is the number of failed steps.
@@ -15,7 +15,7 @@ PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers evaluate)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 
@@ -30,7 +30,9 @@ step() {
     layouts)  $PY benchmarks/layouts.py --device cuda --batch 32 ;;
     amp)      $PY benchmarks/amp_fidelity.py --device cuda ;;
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
-    *)        echo "unknown step: $1 (tests effnet resnet50 convnext layouts amp workers)" >&2; return 2 ;;
+    evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
+                --json "$results/evaluate.json" ;;
+    *)        echo "unknown step: $1 (tests effnet resnet50 convnext layouts amp workers evaluate)" >&2; return 2 ;;
   esac
 }
 

@@ -257,3 +257,15 @@ def test_a_detection_folder(tmp_path):
             want.append(float(deleted[:, :, half].mean().clamp(0, 1)))
         np.testing.assert_allclose(curves[k], want, atol=1e-6)
     assert json.loads(result.stdout)["methods"]["d-rise"]["maps"] == 2
+
+
+def test_the_progress_bar_counts_the_inputs_scored(copy, capsys):
+    from saliency_cli.evaluation.metrics import Options
+    from saliency_cli.evaluation.run import evaluate
+
+    result = evaluate(copy, Options(("deletion", "insertion"), steps=3), overwrite=True, progress=True)
+    assert result.evaluated == 8 and result.failed == 0
+    total = 8 * (2 * 4 + 1)  # per image and method: two curves of 4 inputs, plus one
+    err = capsys.readouterr().err
+    assert f"{total}.0/{total}.0" in err
+    assert f"8.00/{total}.0" in err  # chunk by chunk, within the one batch of four photos

@@ -4,6 +4,7 @@ those images (all methods) is scored in the same chunked model calls."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ class Maps:
 
 class ClassifierEvaluation:
     def __init__(self, loaded: Loaded, options: Options, out_dir: Path, truth: GroundTruth | None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, progress: Callable[[int], None] | None = None):
         self.loaded, self.options, self.out_dir, self.truth, self.chunk = loaded, options, out_dir, truth, chunk
+        self.progress = progress  # told of the inputs scored, chunk by chunk
         self.cfg = loaded.cfg
         self.device = loaded.task.device
         self.warned = False
@@ -127,7 +129,8 @@ class ClassifierEvaluation:
         fills = {n: substrate(kinds[n], maps.inputs, self._to_input, opts.seed) for n in names}
         batch = Batch(maps.inputs, maps.image_of[chosen], pixel_ranks(maps.values[chosen]))
         with torch.inference_mode():
-            found = curves(self.score(maps.targets[chosen], opts.score), batch, fills, opts.steps, chunk=self.chunk)
+            found = curves(self.score(maps.targets[chosen], opts.score), batch, fills, opts.steps, chunk=self.chunk,
+                           progress=self.progress)
         for name, values in found.items():
             host = values.double().cpu().numpy()
             for row, i in enumerate(index):

@@ -13,6 +13,7 @@ the ground-truth box of its class with the highest IoU, at least 0.5.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,9 @@ GROUND_TRUTH_IOU = 0.5
 
 class DetectorEvaluation:
     def __init__(self, loaded: Loaded, options: Options, out_dir: Path, truth: GroundTruth | None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, progress: Callable[[int], None] | None = None):
         self.loaded, self.options, self.out_dir, self.truth, self.chunk = loaded, options, out_dir, truth, chunk
+        self.progress = progress  # told of the inputs scored, chunk by chunk
         self.detector = loaded.task.detector
         self.device = loaded.task.device
 
@@ -109,8 +111,8 @@ class DetectorEvaluation:
             return weights[index, torch.arange(len(index), device=weights.device)]
 
         with torch.inference_mode():
-            found = {n: v.double().cpu().numpy() for n, v in curves(score, batch, fills, opts.steps,
-                                                                      chunk=self.chunk).items()}
+            found = curves(score, batch, fills, opts.steps, chunk=self.chunk, progress=self.progress)
+        found = {n: v.double().cpu().numpy() for n, v in found.items()}
         for name, host in found.items():
             for row, (outcome, k) in enumerate(rows):
                 if name not in outcome.curves:

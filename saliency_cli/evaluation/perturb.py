@@ -79,16 +79,17 @@ def substrate(kind: str, inputs: torch.Tensor, to_input: ToInput, seed: int) -> 
 def step_counts(pixels: int, steps: int, device: torch.device) -> torch.Tensor:
     """k_s = round(s*N/S) for s = 0..S, halves rounded up, exactly (integers)."""
     s = torch.arange(steps + 1, dtype=torch.int64)
-    return ((2 * s * pixels + steps) // (2 * steps)).to(device)
+    return ((2 * s * pixels + steps) // (2 * steps)).to(device, torch.int32)
 
 
 def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
-    """[I,H,W] -> [I,N]: each pixel's place in its map's order (M descending,
-    stable: ties in row-major order), 0 for the most salient."""
+    """[I,H,W] -> [I,N] int32: each pixel's place in its map's order (M
+    descending, stable: ties in row-major order), 0 for the most salient.
+    (int32: half the bytes that every chunk's masks read.)"""
     flat = maps.flatten(1)
     order = torch.argsort(flat, dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    places = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    ranks = torch.empty(order.shape, dtype=torch.int32, device=flat.device)
+    places = torch.arange(flat.shape[1], device=flat.device, dtype=torch.int32).expand_as(order)
     return ranks.scatter_(1, order, places)
 
 
@@ -98,13 +99,14 @@ class Batch:
 
     inputs: torch.Tensor  # [B,C,H,W] the model inputs x
     image_of: torch.Tensor  # [I] the image (row of inputs) of each map
-    ranks: torch.Tensor  # [I,N] see pixel_ranks
+    ranks: torch.Tensor  # [I,N] int32, see pixel_ranks
 
 
 def curves(score: Score, batch: Batch, substrates: dict[str, torch.Tensor], steps: int, *,
-           chunk: int | None = None) -> dict[str, torch.Tensor]:
+           chunk: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
     """The deletion and/or insertion curves (the keys of `substrates`, each
-    [B,C,H,W]) of every map of `batch`: {name: [I, steps + 1]}, on the device."""
+    [B,C,H,W]) of every map of `batch`: {name: [I, steps + 1]}, on the device.
+    `progress(n)` hears of every n inputs scored."""
     x, device = batch.inputs, batch.inputs.device
     maps, pixels = batch.ranks.shape
     height, width = x.shape[-2:]
@@ -125,6 +127,8 @@ def curves(score: Score, batch: Batch, substrates: dict[str, torch.Tensor], step
         from_fill = top == deleting[curve].view(-1, 1, 1, 1)
         values = score(torch.where(from_fill, fill[curve, image], x[image]), index)
         out[start:stop] = values  # only once the model call succeeded: a chunk may be retried
+        if progress is not None:
+            progress(stop - start)
 
     run_in_chunks(len(names) * per, step, device=device, chunk=chunk, probe=8, what="perturbed inputs")
     return {name: out[i * per:(i + 1) * per].view(maps, steps + 1) for i, name in enumerate(names)}

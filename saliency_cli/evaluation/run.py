@@ -11,21 +11,19 @@ keeps every record already written, and a rerun goes on from there.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ..config import Config
 from ..errors import SaliencyError, interrupt_code
 from ..runtime import resolve_device
+from ..tasks import Progress
 from .classifier import ClassifierEvaluation
 from .detector import DetectorEvaluation
 from .jobs import Job, group_key, image_batches, plan
 from .loading import Outcome, load_group
-from .metrics import Options
+from .metrics import CURVES, Options
 from .pointing import load_boxes
 from .report import write_evaluation_report
 from .results import clear_tmp, finish
@@ -64,7 +62,7 @@ def evaluate(out_dir: Path, options: Options, *, methods: list[str] | None = Non
     groups: dict[str, list[Job]] = {}
     for job in work.jobs:
         groups.setdefault(group_key(job.source), []).append(job)
-    bar = tqdm(total=len(work.jobs), unit="map", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = Progress(sum(units(job, options) for job in work.jobs), "input", show=progress)
     try:
         for jobs in groups.values():
             _group(out_dir, jobs, options, truth, result, bar, device=device, batch_size=batch_size, chunk=chunk)
@@ -83,7 +81,14 @@ def evaluate(out_dir: Path, options: Options, *, methods: list[str] | None = Non
     return result
 
 
-def _group(out_dir: Path, jobs: list[Job], options: Options, truth: Any, result: Evaluation, bar: tqdm, *,
+def units(job: Job, options: Options) -> int:
+    """What the progress bar counts for a job: the inputs its curves score
+    (steps + 1 per curve and map), plus one."""
+    maps = len(job.record.fields["detections"] or []) if "detections" in job.record.fields else 1
+    return (options.steps + 1) * len(set(job.todo) & set(CURVES)) * maps + 1
+
+
+def _group(out_dir: Path, jobs: list[Job], options: Options, truth: Any, result: Evaluation, bar: Progress, *,
            device: str | None, batch_size: int | None, chunk: int | None) -> None:
     """Every job of one model."""
     source = jobs[0].source
@@ -91,18 +96,19 @@ def _group(out_dir: Path, jobs: list[Job], options: Options, truth: Any, result:
     loaded = load_group(source, resolve_device(device or cfg.runtime.device))
     if truth is not None:
         truth.warn_unmatched(loaded.labels)
-    evaluator = EVALUATORS[cfg.task](loaded, options, out_dir, truth, chunk)
+    evaluator = EVALUATORS[cfg.task](loaded, options, out_dir, truth, chunk, bar)
     log.info("evaluating %d (image, method) pair(s) of %s on %s: %s", len(jobs),
              ", ".join(dict.fromkeys(j.method for j in jobs)), loaded.task.device,
              ", ".join(dict.fromkeys(m for j in jobs for m in j.todo)))
     for batch in image_batches(jobs, batch_size or cfg.runtime.batch_size):
+        due = bar.count + sum(units(job, options) for job in batch)
         for outcome in _safely(evaluator, batch):
             record = finish(out_dir, outcome, options)
             result.evaluated += 1
             if not record.ok:
                 result.failed += 1
                 log.error("%s (%s): %s", record.input, record.method, record.error)
-        bar.update(len(batch))
+        bar.reach(due)  # the batch's full count, whatever was skipped or failed
 
 
 def _safely(evaluator: Any, batch: list[Job]) -> list[Outcome]:
