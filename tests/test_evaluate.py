@@ -133,6 +133,24 @@ def test_the_command_equals_the_per_step_reference(evaluated):
         for name in ("deletion", "insertion"):
             np.testing.assert_allclose(np.load(out / record["curves"][name])[0], want[name], atol=1e-6)
             assert abs(record["maps"][0]["metrics"][name] - np.trapezoid(want[name], dx=1 / 6)) < 1e-6
+        drop, increase = reference_confidence(SAMPLES / "coffee.png", values, 0)
+        assert abs(record["maps"][0]["metrics"]["average-drop"] - drop) < 1e-4  # percent: 1e-6 of the ratio
+        assert record["maps"][0]["metrics"]["increase"] == increase
+
+
+def reference_confidence(photo: Path, values: np.ndarray, target: int) -> tuple[float, float]:
+    """Average drop and increase from their definition, one input at a time."""
+    cfg = Config().preprocess
+    cfg.size = [32, 32]
+    uint8 = preprocess(load_image(str(photo)), cfg)[0][None]
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    unit = torch.from_numpy((values - values.min()) / (values.max() - values.min()))
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        y = float(model(normalize(uint8, cfg)).softmax(1)[0, target])
+        o = float(model((uint8.float() / 255 * unit - mean) / std).softmax(1)[0, target])
+    return max(0.0, y - o) / y * 100, 100.0 * (o > y)
 
 
 def test_a_rerun_computes_only_what_is_missing(copy):

@@ -107,9 +107,12 @@ class ClassifierEvaluation:
     def _base_scores(self, maps: Maps) -> None:
         """Y: each map's class probability on its photo, checked against the
         probability the manifest recorded (another model would differ)."""
-        with torch.inference_mode():
-            maps.y = self.score(maps.targets)(maps.inputs[maps.image_of], torch.arange(len(maps.outcomes),
-                                                                                       device=self.device))
+        x = maps.inputs
+        if self.cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():  # one forward per photo, as explain's
+            probs = as_logits(self.loaded.model(x), x.shape[0]).float().softmax(dim=1)
+        maps.y = probs[maps.image_of, maps.targets]
         recorded = torch.tensor([o.job.record.fields["target"].get("prob", np.nan) for o in maps.outcomes],
                                 dtype=torch.float32)
         gap = float(torch.nan_to_num((maps.y.cpu() - recorded).abs(), nan=0.0).max())
