@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -97,6 +98,8 @@ def evaluate(out: Out, metric: Metric = None, method: Method = None, boxes: Boxe
     options.check()
     if not out.is_dir():
         raise SaliencyError(f"no such folder: {str(out)!r}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SaliencyError(f"no permission to write in {str(out)!r} (the evaluation is written there)")
     given = load(config, set_) if config is not None or set_ else None
     from ..evaluation.run import evaluate as run_evaluation  # torch import deferred: --help stays fast
 
