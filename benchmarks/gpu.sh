@@ -5,7 +5,7 @@
 #
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log) and STEP.json where the script writes one. STEP is any of
-#   tests suite effnet resnet50 convnext layouts amp workers large vit
+#   tests suite effnet resnet50 convnext layouts amp workers large vit evaluate
 # (default: all but suite, in that order; the whole set takes about 15-25 minutes on an
 # H100). A failing step is reported and the others still run; the exit code
 # is the number of failed steps.
@@ -15,7 +15,7 @@ PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers large vit)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers large vit evaluate)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 
@@ -48,7 +48,9 @@ step() {
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
     large)    $PY benchmarks/large_photos.py --device cuda ;;
     vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
-    *)        echo "unknown step: $1 (tests suite effnet resnet50 convnext layouts amp workers large vit)" >&2; return 2 ;;
+    evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
+                --json "$results/evaluate.json" ;;
+    *)        echo "unknown step: $1 (tests suite effnet resnet50 convnext layouts amp workers large vit evaluate)" >&2; return 2 ;;
   esac
 }
 

@@ -9,13 +9,23 @@
     OUT/report.html, OUT/report-N.html      the browsable report
     OUT/.tmp/                               the writers' temporary files
     OUT/.lock                               held by the runs writing into OUT (locking.py)
+    OUT/settings/<digest>.json              the effective config of the maps made with that digest
+    OUT/evaluation.jsonl                    `saliency evaluate`: one record per image and method
+    OUT/<key>/<method>.<metric>.npy         its curves (deletion, insertion): [maps, steps + 1]
+    OUT/evaluation-summary.json             per method: mean, 95% CI and count of each metric
+    OUT/evaluation.html                     the summary table and mean curves (--report)
 
 `key` is an input's relative path without suffix (see discovery.py).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+from pathlib import Path
+
+from .errors import SaliencyError, output_full
 
 MANIFEST = "manifest.jsonl"
 PART = "manifest.shard-{k}-of-{n}.jsonl"
@@ -28,6 +38,10 @@ LOCK = ".lock"
 REPORT = "report.html"
 REPORT_PAGE = "report-{n}.html"  # pages 2, 3, ...
 REPORT_PAGE_GLOB = "report-*.html"
+SETTINGS_DIR = "settings"
+EVALUATION = "evaluation.jsonl"
+EVALUATION_SUMMARY = "evaluation-summary.json"
+EVALUATION_REPORT = "evaluation.html"
 
 
 def manifest_name(shard: tuple[int, int] | None) -> str:
@@ -53,3 +67,25 @@ def grid_path(key: str) -> str:
 
 def report_page(number: int) -> str:
     return REPORT if number == 1 else REPORT_PAGE.format(n=number)
+
+
+def settings_path(digest: str) -> str:
+    return f"{SETTINGS_DIR}/{digest}.json"
+
+
+def curve_path(key: str, method: str, metric: str) -> str:
+    return f"{key}/{method}.{metric}.npy"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """OUT must be a folder we can write in (or one we can create): say so
+    before the model loads, not as an internal error at the first write."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SaliencyError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise output_full(out_dir, OSError(errno.EROFS, os.strerror(errno.EROFS)), None)
+        raise SaliencyError(f"--out {str(out_dir)!r}: no permission to write in {str(existing)!r}")

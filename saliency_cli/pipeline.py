@@ -8,9 +8,7 @@ in DataLoader workers, rendering and writing on the writer's threads.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,9 +28,10 @@ from .figures import Figures
 from .locking import OutLock
 from .methods import registry
 from .models import load_model
-from .outputs import MANIFEST, manifest_name
+from .outputs import MANIFEST, check_out_dir, manifest_name
 from .plan import Work, narrow, plan, settings_digest
 from .profile import Profile
+from .recorded import save_settings
 from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
@@ -93,7 +92,7 @@ def run(
     shard = resolve_shard(shard)
     bound = _bind(cfg, methods)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     device = resolve_device(cfg.runtime.device)  # a bad --device is an error even when nothing is left to do
     task = tasks.get(cfg.task)(cfg, device)
     items = _inputs(paths, stdin, shard, out_dir, include_hidden)
@@ -109,6 +108,8 @@ def run(
                              png_compression=cfg.output.png_compression, profile=summary.profile)
             _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
             summary.seconds = time.perf_counter() - start
+        elif out_dir.is_dir():  # nothing to do: still record the config (for `saliency evaluate`)
+            save_settings(out_dir, cfg, {name: b.params for name, b in bound.items()})
         if not summary.interrupted and not summary.stopped_early:
             _finish(summary, out_dir, shard, lock)
         if cfg.output.report and (shard is None or summary.merged):
@@ -145,20 +146,6 @@ def _bind(cfg: Config, methods: Sequence[str] | None) -> dict[str, tasks.Bound]:
         cfg.check_method(name)
     return {name: tasks.Bound(registry.get(name), cfg.method_params(name), optional=name not in asked)
             for name in names}
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """OUT must be a folder we can write in (or one we can create): say so
-    before the model loads, not as an internal error at the first write."""
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SaliencyError(f"--out {str(out_dir)!r}: {str(existing)!r} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            raise output_full(out_dir, OSError(errno.EROFS, os.strerror(errno.EROFS)), None)
-        raise SaliencyError(f"--out {str(out_dir)!r}: no permission to write in {str(existing)!r}")
 
 
 def _inputs(paths: Sequence[str], stdin: Iterable[str] | None, shard: tuple[int, int] | None,
@@ -202,7 +189,8 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
                          device_type=task.device.type)
     try:
         writer = open_writer()
-    except OSError as exc:  # what _check_out_dir could not foresee (a full disk: run() says so)
+        save_settings(writer.out, cfg, {name: b.params for name, b in bound.items()})  # before a record names it
+    except OSError as exc:  # what check_out_dir could not foresee (a full disk: run() says so)
         if out_of_space(exc):
             raise
         raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc

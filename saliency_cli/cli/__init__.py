@@ -12,6 +12,7 @@ from .common import app  # noqa: F401
 from . import explain  # noqa: F401
 from . import tools  # noqa: F401
 from . import verify  # noqa: F401
+from . import evaluate  # noqa: F401
 # isort: on
 
 
