@@ -39,8 +39,8 @@ def spend(n):
 class Budgeted:
     def __init__(self, file):
         self._file = file
-    def write(self, data):
-        spend(memoryview(data).nbytes)
+    def write(self, data):  # bytes, or text (OUT/settings/*.json)
+        spend(len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes)
         return self._file.write(data)
     def __getattr__(self, name):
         return getattr(self._file, name)
