@@ -4,20 +4,27 @@
 #   bash benchmarks/gpu.sh [RESULTS_DIR] [STEP...]
 #
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
-# table and log) and STEP.json where the script writes one. STEP is any of
-#   tests suite effnet resnet50 convnext layouts amp workers large vit evaluate
-# (default: all but suite, in that order; the whole set takes about 15-25 minutes on an
-# H100). A failing step is reported and the others still run; the exit code
-# is the number of failed steps.
+# table and log), STEP.json where the script writes one, and machine.md (the
+# GPU, driver and versions). STEP is any of
+#   tests effnet resnet50 layouts amp evaluate vit workers large convnext suite
+# (default: all but suite, in that order: the most wanted first). A device
+# lease is short, so the run keeps to a budget: BUDGET seconds in all
+# (default 420) and STEP_TIMEOUT seconds per step (default 150); a step that
+# would start after the budget is spent is skipped and listed, one that runs
+# past its timeout is stopped (what it printed is kept). A failing step is
+# reported and the others still run; the exit code is the number of failed
+# or skipped steps.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 convnext layouts amp workers large vit evaluate)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 layouts amp evaluate vit workers large convnext)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
+BUDGET=${BUDGET:-420}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
 
 # A machine without network: wheels brought in .whl/ (benchmarks/gpu_wheels.sh),
 # and the tool run from this tree, with a `saliency` command beside python.
@@ -38,8 +45,8 @@ step() {
   case "$1" in
     tests)    $PY -m pytest -m cuda -q -p no:cacheprovider ;;
     suite)    $PY -m pytest -q -p no:cacheprovider -x --timeout 900 ;;
-    effnet)   $PY benchmarks/run.py --device cuda --batch 32 --json "$results/effnet.json" ;;
-    resnet50) $PY benchmarks/run.py --device cuda --model resnet50 --batch 32 --fc-layer fc \
+    effnet)   $PY benchmarks/run.py --device cuda --batch 32 --repeats 3 --json "$results/effnet.json" ;;
+    resnet50) $PY benchmarks/run.py --device cuda --model resnet50 --batch 32 --repeats 3 --fc-layer fc \
                 --json "$results/resnet50.json" ;;
     convnext) $PY benchmarks/run.py --device cuda --model convnext_tiny --batch 32 --json "$results/convnext.json" \
                 --methods gradient guided-backprop smoothgrad grad-cam guided-grad-cam ;;
@@ -50,18 +57,38 @@ step() {
     vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
     evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
                 --json "$results/evaluate.json" ;;
-    *)        echo "unknown step: $1 (tests suite effnet resnet50 convnext layouts amp workers large vit evaluate)" >&2; return 2 ;;
+    *)        echo "unknown step: $1 (tests effnet resnet50 layouts amp evaluate vit workers large convnext suite)" >&2; return 2 ;;
   esac
 }
 
+export PY results
+export -f step
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'torchvision', torchvision.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+  nproc
+} >"$results/machine.md" 2>&1
+cat "$results/machine.md" >&2
+
 failed=0
+skipped=()
+t0=$SECONDS
 for s in "${steps[@]}"; do
+  if (( SECONDS - t0 >= BUDGET )); then
+    skipped+=("$s")
+    continue
+  fi
   echo "== $s" >&2
   start=$SECONDS
-  if ! step "$s" 2>&1 | tee "$results/$s.md"; then
-    echo "== $s FAILED (see $results/$s.md)" >&2
+  if ! timeout --kill-after=10 "$STEP_TIMEOUT" bash -c 'step "$0"' "$s" 2>&1 | tee "$results/$s.md"; then
+    echo "== $s FAILED or stopped at ${STEP_TIMEOUT} s (see $results/$s.md)" >&2
     failed=$((failed + 1))
   fi
   echo "== $s took $((SECONDS - start)) s" >&2
 done
-exit $failed
+if [ ${#skipped[@]} -gt 0 ]; then
+  echo "== skipped, budget of ${BUDGET} s spent: ${skipped[*]}" >&2
+fi
+echo "== all steps took $((SECONDS - t0)) s" >&2
+exit $((failed + ${#skipped[@]}))
