@@ -144,6 +144,17 @@ def test_eigen_cam_equals_an_independent_svd(layer):
     assert ours.min() < 0 < ours.max()  # raw: signed, no ReLU
 
 
+@pytest.mark.parametrize("shape", [(3, 64, 4, 5), (3, 4, 8, 8), (2, 16, 4, 4)])
+def test_eigen_cam_projection_on_either_gram_matrix(shape):
+    """Fewer positions than channels (a last feature map), more, and as many:
+    the same map as numpy's SVD of the centred [positions, channels] matrix."""
+    from saliency_cli.methods.eigen_cam import principal_projection
+
+    features = torch.randn(shape, generator=torch.Generator().manual_seed(1)) ** 2  # ReLU-like, skewed
+    ours = principal_projection(features)
+    np.testing.assert_allclose(ours.numpy(), eigen_by_numpy(features.numpy()), rtol=1e-4, atol=1e-5)
+
+
 def test_eigen_cam_against_pytorch_grad_cam_up_to_its_sign():
     """pytorch-grad-cam keeps whichever sign numpy's SVD returns, then clips
     negatives: it equals our map's positive or negative part."""

@@ -18,7 +18,7 @@ from .jobs import Job
 from .loading import JobError, Loaded, Outcome, decode, load_map
 from .metrics import CURVES, NEEDS_BOXES, Options
 from .perturb import Batch, auc, curves, pixel_ranks, substrate
-from .pointing import GroundTruth, apart_reason, point_and_energy
+from .pointing import GroundTruth, apart_reason, store_pointing
 from .records import MapResult
 from .sanity_run import run_sanity
 
@@ -175,10 +175,4 @@ class ClassifierEvaluation:
             if why:
                 result.apart.update({m: why for m in NEEDS_BOXES})
                 continue
-            hit, energy = point_and_energy(values[row], tuple(decoded["size"]), decoded["box"], boxes,
-                                           self.options.tolerance)
-            result.metrics["pointing"] = hit
-            if energy is None:
-                result.apart["energy-pointing"] = "the map has no positive values"
-            else:
-                result.metrics["energy-pointing"] = energy
+            store_pointing(result, values[row], decoded, boxes, self.options.tolerance)

@@ -25,7 +25,7 @@ from .jobs import Job
 from .loading import JobError, Loaded, Outcome, decode, load_map
 from .metrics import CURVES, NEEDS_BOXES, Options
 from .perturb import Batch, auc, curves, pixel_ranks, substrate
-from .pointing import GroundTruth, apart_reason, best_match, point_and_energy
+from .pointing import GroundTruth, apart_reason, best_match, store_pointing
 from .records import MapResult
 
 SAME_DETECTION_IOU = 0.9
@@ -135,10 +135,4 @@ class DetectorEvaluation:
             if why:
                 result.apart.update({m: why for m in NEEDS_BOXES})
                 continue
-            hit, energy = point_and_energy(values_k, tuple(decoded["size"]), decoded["box"], [matched],
-                                           self.options.tolerance)
-            result.metrics["pointing"] = hit
-            if energy is None:
-                result.apart["energy-pointing"] = "the map has no positive values"
-            else:
-                result.metrics["energy-pointing"] = energy
+            store_pointing(result, values_k, decoded, [matched], self.options.tolerance)

@@ -157,6 +157,16 @@ def point_and_energy(values: np.ndarray, size: tuple[int, int], region: tuple[fl
     return float(hit), (float(positive[inside].sum()) / total if total > 0 else None)
 
 
+def store_pointing(result: Any, values: np.ndarray, decoded: dict, boxes: list[Box], tolerance: float) -> None:
+    """Both pointing games of one map into `result` (its `metrics` and `apart`)."""
+    hit, energy = point_and_energy(values, tuple(decoded["size"]), decoded["box"], boxes, tolerance)
+    result.metrics["pointing"] = hit
+    if energy is None:
+        result.apart["energy-pointing"] = "the map has no positive values"
+    else:
+        result.metrics["energy-pointing"] = energy
+
+
 def best_match(box: list[float], candidates: list[Box], threshold: float = 0.5) -> Box | None:
     """The candidate (x, y, w, h) with the highest IoU with `box` (x0, y0, x1,
     y1), if that IoU is at least `threshold` (the first of equals)."""
