@@ -121,6 +121,8 @@ def classification_variants(name, model, peer_model, x, t, args) -> dict[str, Ca
     return v
 
 
+PEERS = ("captum", "pytorch-grad-cam", "torch-cam")  # the labels of the peer libraries' variants
+
 _FLOOR_CHUNK: dict[tuple, int] = {}
 
 
@@ -364,6 +366,8 @@ def parse(argv=None):
     ap.add_argument("--e2e-methods", nargs="*", default=["gradient", "grad-cam"])
     ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end timings: median of this many")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-peers", action="store_true", help="time ours and the floors only (no captum, "
+                    "pytorch-grad-cam, torch-cam)")
     ap.add_argument("--json", type=Path, default=None)
     return ap.parse_args(argv)
 
@@ -388,6 +392,8 @@ def main() -> None:
     for name in args.methods:
         variants = d_rise_variants(args, device) if name == "d-rise" else \
             classification_variants(name, model, peer_model, x, t, args)
+        if args.no_peers:
+            variants = {label: run for label, run in variants.items() if not label.startswith(PEERS)}
         times = interleaved_medians(variants, args.repeats, device)
         ratio = times["ours"] / times["floor"]
         reference = "fwd+bwd to input" if name == "grad-cam" else "floor"
