@@ -36,7 +36,7 @@ from .records import Record, finish_shard
 from .report import write_report
 from .runtime import resolve_device, resolve_shard, signals_deferred
 from .targets import check_labels, load_labels, parse_target
-from .writer import Writer
+from .writer import Writer, default_threads
 
 log = logging.getLogger("saliency")
 
@@ -105,6 +105,7 @@ def run(
         work = _planned(items, digests, out_dir, task, overwrite, summary)
         if work:
             writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record, lock=lock,
+                             threads=default_threads(task.device.type),
                              png_compression=cfg.output.png_compression, profile=summary.profile)
             _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
             summary.seconds = time.perf_counter() - start

@@ -136,3 +136,12 @@ def test_records_of_the_first_format_read_and_round_trip():
     assert Record.from_json(old[0]).files() == ["a/gradient.png", "a/gradient.npy", "a/grid.png"]
     assert Record.from_json(old[1]).outputs["d-rise"].pngs == ["b/d-rise-0.png", "b/d-rise-1.png"]
     assert Record.from_json({"input": "x"}) is None and Record.from_json([1]) is None
+
+
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 1, 2), (16, 4, 8), (64, 8, 8)])
+def test_writer_threads_leave_the_cpu_to_the_model(monkeypatch, cores, cpu, cuda):
+    """Model on the CPU: a quarter of the cores, at least one; on CUDA: up to 8."""
+    from saliency_cli import writer
+
+    monkeypatch.setattr(writer.os, "cpu_count", lambda: cores)
+    assert (writer.default_threads("cpu"), writer.default_threads("cuda")) == (cpu, cuda)
