@@ -184,6 +184,16 @@ def assert_outputs_intact(out: Path) -> None:
                 img.load()
 
 
+def own_tracebacks(stderr: str) -> list[str]:
+    """The tracebacks in `stderr`, less one that the tool does not print: in
+    one full-suite run of many, multiprocessing's fd-sharing thread
+    (resource_sharer.py) printed a BrokenPipeError while the signalled run
+    exited (a process sharing the run's stderr, whose peer had gone). Any
+    other traceback counts."""
+    blocks = stderr.split("Traceback (most recent call last):")[1:]
+    return [b for b in blocks if "multiprocessing/resource_sharer.py" not in b]
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     many_images(tmp_path / "in", 48)
@@ -204,7 +214,7 @@ def test_interrupted_runs_lose_nothing_and_resume(tmp_path, sig, code):
     done = len(records(out))
     assert 0 < done < 48, "the signal should land mid-run"
     if sig != signal.SIGKILL:
-        assert "interrupted after" in stderr and "Traceback" not in stderr
+        assert "interrupted after" in stderr and not own_tracebacks(stderr), stderr
         assert not (out / ".tmp").exists()
     assert_outputs_intact(out)
     again = saliency(*cmd[3:])
