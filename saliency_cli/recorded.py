@@ -67,8 +67,11 @@ def save_settings(out_dir: Path, cfg: Config, params: Mapping[str, Any]) -> None
         text = json.dumps({"schema_version": SCHEMA_VERSION, "digest": digest, "cwd": os.getcwd(),
                            "params": dataclasses.asdict(values), "config": data}, indent=1, default=str)
         tmp = folder / f".{digest}.{uuid.uuid4().hex}"
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, final)
+        try:
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no stray file
 
 
 def load_settings(out_dir: Path, digest: str, method: str) -> RecordedConfig | None:

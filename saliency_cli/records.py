@@ -24,12 +24,15 @@ import glob
 import json
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .locking import OutLock
 from .outputs import MANIFEST, MERGE_LOCK, PART_GLOB, PART_RE, SHARD_DONE
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 
@@ -154,19 +157,23 @@ def manifest_files(out_dir: Path) -> list[Path]:
     return ([main] if main.exists() else []) + parts
 
 
-def read_records(path: Path) -> list[Record]:
-    """Records of one manifest file; unreadable lines (a run killed in
-    mid-write on a filesystem without atomic appends) are skipped."""
-    records = []
+def read_jsonl(path: Path, parse: Callable[[Any], T | None]) -> Iterator[T]:
+    """The records of a JSON-lines file, each parsed by `parse`; unreadable
+    lines (a run killed in mid-write on a filesystem without atomic appends)
+    and those `parse` rejects (None) are skipped."""
     with Path(path).open("rb") as fh:
         for line in fh:
             try:
-                record = Record.from_json(json.loads(line))
+                record = parse(json.loads(line))
             except ValueError:
                 continue
             if record is not None:
-                records.append(record)
-    return records
+                yield record
+
+
+def read_records(path: Path) -> list[Record]:
+    """Records of one manifest file (see read_jsonl)."""
+    return list(read_jsonl(path, Record.from_json))
 
 
 def read_manifest(out_dir: Path) -> dict[str, Record]:

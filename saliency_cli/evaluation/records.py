@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import EVALUATION
+from ..records import read_jsonl
 
 SCHEMA_VERSION = 1
 
@@ -118,14 +119,8 @@ def read_evaluations(out_dir: Path) -> dict[tuple[str, str], EvalRecord]:
     found: dict[tuple[str, str], EvalRecord] = {}
     if not path.is_file():
         return found
-    with path.open("rb") as fh:
-        for line in fh:
-            try:
-                record = EvalRecord.from_json(json.loads(line))
-            except ValueError:
-                continue
-            if record is not None:
-                found[(record.key, record.method)] = record
+    for record in read_jsonl(path, EvalRecord.from_json):
+        found[(record.key, record.method)] = record
     return found
 
 
