@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 import saliency_cli as sal
 from saliency_cli.methods.layers import probe
-from saliency_cli.runtime import prepare_model
+from saliency_cli.runtime import prepare_model, reuse_freed_memory
 
 import method_variants
 from common import ROOT, build, copy_photos, forward, fwd_bwd, fwd_bwd_layer, interleaved_medians, sync
@@ -368,6 +368,8 @@ def parse(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-peers", action="store_true", help="time ours and the floors only (no captum, "
                     "pytorch-grad-cam, torch-cam)")
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc as it is (the CLI's "
+                    "runtime.reuse_memory, applied here for every variant alike, is not)")
     ap.add_argument("--json", type=Path, default=None)
     return ap.parse_args(argv)
 
@@ -375,6 +377,7 @@ def parse(argv=None):
 def main() -> None:
     args = parse()
     device = torch.device(args.device)
+    reused = not args.system_malloc and reuse_freed_memory()  # as `saliency explain` runs; the same for all
     model = prepare_model(build(args.model), device)  # eval, frozen: as the CLI prepares it
     peer_model = copy.deepcopy(model).requires_grad_(True)
     if args.fc_layer is None:
@@ -383,7 +386,8 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     with torch.no_grad():
         t = model(x).argmax(1)
-    print(f"# {args.model}, batch {args.batch} x {args.size}x{args.size}, {args.device}: {machine(device)}\n")
+    print(f"# {args.model}, batch {args.batch} x {args.size}x{args.size}, {args.device}: {machine(device)}; "
+          f"freed memory {'reused' if reused else 'returned (glibc default)'}\n")
     if args.methods:
         print("| method | ours (s/batch) | floor (s/batch) | ours / floor | target | other passes and peers "
               "(ratio to ours) | peak MiB |")

@@ -148,6 +148,9 @@ class RuntimeConfig:
     # where JPEGs are decoded: auto (on the GPU, with nvjpeg, when the model runs on CUDA;
     # else in the decoding workers) | cpu | device (on the model's device, whatever it is)
     decode: Literal["auto", "cpu", "device"] = "auto"
+    # the CLI keeps memory freed after a batch for the next one instead of returning it to the
+    # system (glibc on Linux): 1.3-1.6x faster on CPUs, peak memory up to ~20% higher (README)
+    reuse_memory: bool = True
 
     def check(self) -> None:
         if self.batch_size < 1:

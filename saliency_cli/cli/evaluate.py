@@ -102,6 +102,10 @@ def evaluate(out: Out, metric: Metric = None, method: Method = None, boxes: Boxe
         raise SaliencyError(f"no permission to write in {str(out)!r} (the evaluation is written there)")
     given = load(config, set_) if config is not None or set_ else None
     from ..evaluation.run import evaluate as run_evaluation  # torch import deferred: --help stays fast
+    from ..runtime import reuse_freed_memory
+
+    if given is None or given.runtime.reuse_memory:
+        reuse_freed_memory()  # says so under --debug
 
     signal.signal(signal.SIGTERM, on_sigterm)
     result = run_evaluation(out, options, methods=method, overwrite=overwrite, given=given, device=device,

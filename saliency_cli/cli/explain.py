@@ -97,6 +97,10 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
         "output.colormap": colormap,
     })
     from .. import pipeline  # torch import deferred: `saliency --help` stays fast
+    from ..runtime import reuse_freed_memory
+
+    if cfg.runtime.reuse_memory:
+        reuse_freed_memory()  # says so under --debug
 
     signal.signal(signal.SIGTERM, on_sigterm)
     summary = pipeline.run(
