@@ -93,8 +93,10 @@ def shown_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 
 def colorize(unit: np.ndarray, colormap: str) -> np.ndarray:
     """[h,w] in [0,1] -> uint8 [h,w,3]: the nearest of the 256 entries."""
-    index = np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.take(COLORMAPS[colormap], index, axis=0)  # 3x faster than fancy indexing, same values
+    index = unit * np.float32(255.0)  # in place from here: one float temporary, not three
+    index += np.float32(0.5)
+    np.clip(index, 0, 255, out=index)
+    return np.take(COLORMAPS[colormap], index.astype(np.uint8), axis=0)  # 3x faster than fancy indexing
 
 
 def render_heatmap(
@@ -145,6 +147,11 @@ def _blend(photo: np.ndarray, unit: np.ndarray, colormap: str, style: Style, alp
     round(photo * (1 - alpha) * (1 - s) + heat * s), s the pixel's strength,
     in float32. Neither can leave [0, 255], so no clipping is needed."""
     heat = colorize(unit, colormap)
+    if not weighted and alpha == 0.5:  # the default: round((photo + heat) / 2) in integers, 4x the table's speed
+        total = np.add(photo, heat, dtype=np.uint16)
+        total += 1
+        total >>= 1
+        return total.astype(np.uint8)
     if not weighted:  # each output byte depends only on (photo byte, heat byte): one table lookup
         index = photo.astype(np.uint16)
         index <<= 8
