@@ -53,6 +53,7 @@ class RunSummary:
     merged: bool = False  # this shard merged the manifest parts
     profile: Profile = field(default_factory=Profile)  # where the time went (--profile)
     decoders: int = 0  # decoding worker processes (0: the main process decoded)
+    decode_threads: int = 1  # threads of the main process that decoded each batch (without worker processes)
 
     @property
     def remaining(self) -> int:
@@ -199,7 +200,7 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     bar = tasks.Progress(units, task.unit, show=progress)
     figures = Figures(out, writer, task.device, summary.profile)
     state = tasks.Run(model, bound, labels, target, work, writer, figures, bar, summary.profile)
-    summary.decoders = loader.num_workers
+    summary.decoders, summary.decode_threads = loader.num_workers, getattr(loader, "threads", 1)
     try:
         _stream(loader, task, state, summary, fail_fast)
     finally:

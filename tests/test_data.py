@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from saliency_cli.config import PreprocessConfig
-from saliency_cli.data import ImageDataset, collate, default_workers, load_image, preprocess
+from saliency_cli.data import (ImageDataset, ThreadedLoader, collate, default_workers, load_image, make_loader,
+                               preprocess)
 from saliency_cli.discovery import discover
 from saliency_cli.errors import InputError, SaliencyError
 
@@ -155,3 +156,46 @@ def test_the_output_folder_is_not_walked_and_a_file_named_twice_is_explained_onc
     assert [i.key for i in discover([str(tmp_path / "in")], exclude=tmp_path / "in" / "out").items] == ["a"]
     twice = [str(tmp_path / "in" / "a.png"), str(tmp_path / "in" / ".." / "in" / "a.png")]
     assert [i.path for i in discover(twice).items] == twice[:1]
+
+
+def test_threaded_loader_gives_the_batches_of_a_single_process_loader(tmp_path, monkeypatch):
+    from saliency_cli.discovery import InputItem
+
+    items = []
+    for i in range(7):
+        path = tmp_path / f"{i}.png"
+        if i == 3:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(np.full((10 + i, 20, 3), 30 * i, dtype=np.uint8)).save(path)
+        items.append(InputItem(str(path), str(i)))
+    ds = ImageDataset(items, PreprocessConfig(size=[16, 16]), keep_original=True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    threaded = make_loader(ds, batch_size=3, workers=0, device_type="cpu")
+    assert isinstance(threaded, ThreadedLoader) and threaded.threads == 3 and len(threaded) == 3
+    plain = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=0, collate_fn=collate)
+    for ours, theirs in zip(threaded, plain, strict=True):
+        assert [it["index"] for it in ours.ok] == [it["index"] for it in theirs.ok]
+        assert [(it["index"], it["error"]) for it in ours.failed] == [(it["index"], it["error"]) for it in theirs.failed]
+        assert torch.equal(ours.inputs, theirs.inputs)
+        assert all(torch.equal(a["original"], b["original"]) for a, b in zip(ours.ok, theirs.ok))
+    assert [it["index"] for it in next(iter(threaded)).failed] == []  # item 3 fails in the second batch
+    # worker processes asked for, a GPU, or one core: the DataLoader as before
+    assert not isinstance(make_loader(ds, batch_size=3, workers=2, device_type="cpu"), ThreadedLoader)
+    assert not isinstance(make_loader(ds, batch_size=3, workers=0, device_type="cuda"), ThreadedLoader)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert not isinstance(make_loader(ds, batch_size=3, workers=0, device_type="cpu"), ThreadedLoader)
+
+
+def test_threaded_loader_leaves_no_thread_when_the_run_stops_early(tmp_path):
+    import threading
+
+    from saliency_cli.discovery import InputItem
+
+    items = [InputItem(str(make_png(tmp_path / f"{i}.png")), str(i)) for i in range(6)]
+    ds = ImageDataset(items, PreprocessConfig(size=[16, 16]), keep_original=False)
+    batches = iter(ThreadedLoader(ds, batch_size=2, threads=2))
+    assert len(next(batches).ok) == 2
+    assert any(t.name.startswith("saliency-decode") for t in threading.enumerate())
+    batches.close()  # what a `for` loop left by an exception does
+    assert not any(t.name.startswith("saliency-decode") for t in threading.enumerate())
