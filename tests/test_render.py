@@ -61,3 +61,19 @@ def test_banded_blending_equals_blending_at_once(monkeypatch, style, weighted):
     assert np.array_equal(banded, whole)
     assert (banded[:5] == original[:5]).all() and (banded[90:] == original[90:]).all()  # outside the box
     assert not (banded[5:90, 3:127] == original[5:90, 3:127]).all()
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_cam_style_blend_is_the_rounded_mix_of_photo_and_colour(alpha):
+    """Every (photo byte, heat byte) pair: round(photo * (1 - alpha) + heat * alpha),
+    the integer path of alpha 0.5 and the table of other alphas alike."""
+    import saliency_cli.render as render
+
+    pairs = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).reshape(-1, 2)
+    photo = np.repeat(pairs[:, :1], 3, axis=1).astype(np.uint8)[None]  # [1, 65536, 3]
+    unit = (pairs[:, 1] / 255.0).astype(np.float32)[None]  # gray: colour byte = heat byte
+    got = render._blend(photo, unit, "gray", "positive", alpha, weighted=False)[0, :, 0].astype(int)
+    want = np.floor(pairs[:, 0] * (1 - alpha) + pairs[:, 1] * alpha + 0.5)
+    # the float32 arithmetic of the table may round a tie the other way; alpha 0.5 has exact ties
+    assert np.abs(got - want).max() <= (0 if alpha == 0.5 else 1)
+    assert np.array_equal(got, render._blend_table(alpha)[pairs[:, 0] * 256 + pairs[:, 1]])
