@@ -25,6 +25,7 @@ from saliency_cli.config import load_config
 from saliency_cli.data import load_image, preprocess
 from saliency_cli.render import render_heatmap
 from saliency_cli.render_torch import render_overlays
+from saliency_cli.runtime import reuse_freed_memory
 
 from common import sample_photos
 
@@ -41,7 +42,11 @@ def median_ms(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc as it is (by default "
+                    "freed memory is reused, as `saliency explain` runs: runtime.reuse_memory)")
     args = ap.parse_args()
+    if not args.system_malloc:
+        reuse_freed_memory()
     torch.set_num_threads(1)
     cfg = load_config(None)
     photos = sample_photos()
