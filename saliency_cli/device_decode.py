@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .render import open_image
+from .render import open_image, pillow_quiet
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -41,8 +41,7 @@ def read_jpeg(path: str) -> dict[str, Any] | None:
         data = Path(path).read_bytes()
         if not data.startswith(b"\xff\xd8\xff") or b"\xff\xd9" not in data[-4096:]:
             return None  # not a JPEG, or a truncated one (no end marker): the CPU path says which
-        with warnings.catch_warnings(), open_image(io.BytesIO(data)) as img:
-            warnings.simplefilter("ignore")
+        with pillow_quiet(), open_image(io.BytesIO(data)) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None
             width, height = img.size

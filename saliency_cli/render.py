@@ -7,8 +7,12 @@ The raw map is never modified; scaling happens on a copy, for display only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -78,6 +82,36 @@ def open_image(path: Any) -> Image.Image:
     be reported as a bad input."""
     patched = sys.modules.get("ultralytics.utils.patches")
     return getattr(patched, "_image_open", Image.open)(path)
+
+
+_quiet = threading.Lock()
+_quiet_holders = 0
+_quiet_filters: warnings.catch_warnings | None = None
+
+
+@contextlib.contextmanager
+def pillow_quiet() -> Iterator[None]:
+    """Warnings ignored while a photo is read (Pillow's on big images, odd
+    palettes, damaged EXIF would print raw; a bad file gets its one-line
+    error instead). Photos are read on several threads at once and
+    `warnings.catch_warnings` is not thread-safe (each thread would restore
+    the filters it found, maybe another's), so the threads share one: the
+    first to enter installs it, the last to leave restores the filters."""
+    global _quiet_holders, _quiet_filters
+    with _quiet:
+        if _quiet_holders == 0:
+            _quiet_filters = warnings.catch_warnings()
+            _quiet_filters.__enter__()
+            warnings.simplefilter("ignore")
+        _quiet_holders += 1
+    try:
+        yield
+    finally:
+        with _quiet:
+            _quiet_holders -= 1
+            if _quiet_holders == 0 and _quiet_filters is not None:
+                _quiet_filters.__exit__(None, None, None)
+                _quiet_filters = None
 
 
 def shown_scale(size: tuple[int, int], max_side: int | None) -> float:

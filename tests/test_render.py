@@ -77,3 +77,30 @@ def test_cam_style_blend_is_the_rounded_mix_of_photo_and_colour(alpha):
     # the float32 arithmetic of the table may round a tie the other way; alpha 0.5 has exact ties
     assert np.abs(got - want).max() <= (0 if alpha == 0.5 else 1)
     assert np.array_equal(got, render._blend_table(alpha)[pairs[:, 0] * 256 + pairs[:, 1]])
+
+
+def test_pillow_quiet_is_shared_by_threads_and_restores_the_filters():
+    """Photos decode on several threads; each entering and leaving its own
+    warnings.catch_warnings could leave the process's filters at 'ignore'."""
+    import threading
+    import time
+    import warnings
+
+    from saliency_cli.render import pillow_quiet
+
+    before = list(warnings.filters)
+
+    def read():
+        for _ in range(50):
+            with pillow_quiet():
+                warnings.warn("a damaged EXIF block", UserWarning)  # ignored
+                time.sleep(0.0005)  # decoding: another thread enters meanwhile
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before  # restored, whatever the interleaving
+    with pytest.warns(UserWarning, match="still heard"):
+        warnings.warn("still heard", UserWarning)
