@@ -22,6 +22,7 @@ from PIL import Image
 
 from saliency_cli.config import load_config
 from saliency_cli.pipeline import run
+from saliency_cli.runtime import reuse_freed_memory
 
 from common import sample_photos
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    reuse_freed_memory()  # as `saliency explain` runs (runtime.reuse_memory)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "in", args.images, (args.width, args.height))
         print(f"# {args.images} photos of {args.width}x{args.height}, -m {args.method}\n")

@@ -2,7 +2,9 @@
 
 Times whole `saliency explain` runs (the pipeline's `run`, model loading
 included) on a folder of copies of the sample photos, for each number of
-decoding workers, interleaved, median of the repeats after a warm-up round.
+decoding workers (0: each batch decodes on threads of the main process on
+a CPU, ThreadedLoader), interleaved, median of the repeats after a warm-up
+round.
 This is the measurement behind `default_workers` in saliency_cli/data.py.
 
     python benchmarks/workers.py [--workers 0 2] [--images 96] [--repeats 4]
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from saliency_cli.config import load_config
 from saliency_cli.pipeline import run
+from saliency_cli.runtime import reuse_freed_memory
 
 from common import copy_photos
 
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    reuse_freed_memory()  # as `saliency explain` runs (runtime.reuse_memory)
     with tempfile.TemporaryDirectory() as tmp:
         folder = copy_photos(Path(tmp) / "in", args.images)
         print(f"# saliency explain on {args.images} photos, batch 8, {args.device}; "

@@ -149,7 +149,7 @@ class RuntimeConfig:
     # else in the decoding workers) | cpu | device (on the model's device, whatever it is)
     decode: Literal["auto", "cpu", "device"] = "auto"
     # the CLI keeps memory freed after a batch for the next one instead of returning it to the
-    # system (glibc on Linux): 1.3-1.6x faster on CPUs, peak memory up to ~20% higher (README)
+    # system (glibc on Linux): attribution 1.2-1.6x faster on 2 CPU cores, peak memory 7-19% higher
     reuse_memory: bool = True
 
     def check(self) -> None:

@@ -47,8 +47,9 @@ def reuse_freed_memory() -> bool:
     faults all of its memory in again, page by page, zeroed by the kernel.
     This serves large blocks from the heap instead and keeps freed memory
     for reuse (no mmap, no trimming): on 2 CPU cores, Grad-CAM on
-    EfficientNet-Lite0 ran 1.6x faster and the kernel's share of the CPU
-    time fell from a third to 3%; peak memory rose 7-19% (BENCHMARKS.md).
+    EfficientNet-Lite0 ran 1.6x faster, the gradient 1.3x, and the kernel's
+    share of the CPU time fell from 29% to 10%; peak memory rose 7-19%
+    (BENCHMARKS.md).
     The memory a run held is kept by the process until it exits.
 
     Process-wide and for the rest of the process, so the CLI calls it, not

@@ -9,8 +9,15 @@ import torch
 from PIL import Image
 
 from saliency_cli.config import PreprocessConfig
-from saliency_cli.data import (ImageDataset, ThreadedLoader, collate, default_workers, load_image, make_loader,
-                               preprocess)
+from saliency_cli.data import (
+    ImageDataset,
+    ThreadedLoader,
+    collate,
+    default_workers,
+    load_image,
+    make_loader,
+    preprocess,
+)
 from saliency_cli.discovery import discover
 from saliency_cli.errors import InputError, SaliencyError
 
@@ -176,7 +183,8 @@ def test_threaded_loader_gives_the_batches_of_a_single_process_loader(tmp_path, 
     plain = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=0, collate_fn=collate)
     for ours, theirs in zip(threaded, plain, strict=True):
         assert [it["index"] for it in ours.ok] == [it["index"] for it in theirs.ok]
-        assert [(it["index"], it["error"]) for it in ours.failed] == [(it["index"], it["error"]) for it in theirs.failed]
+        failed = [[(it["index"], it["error"]) for it in b.failed] for b in (ours, theirs)]
+        assert failed[0] == failed[1]
         assert torch.equal(ours.inputs, theirs.inputs)
         assert all(torch.equal(a["original"], b["original"]) for a, b in zip(ours.ok, theirs.ok))
     assert [it["index"] for it in next(iter(threaded)).failed] == []  # item 3 fails in the second batch

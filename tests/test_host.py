@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from PIL import Image
@@ -56,11 +57,14 @@ def test_detections_are_outlined_on_the_capped_png(tmp_path):
 
 
 def test_profile_says_where_the_time_went(tmp_path):
-    Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / "in.png")
-    proc = saliency("explain", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "-q", "--profile",
-                    "-m", "gradient")
+    for name in ("a", "b"):
+        Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / f"{name}.png")
+    proc = saliency("explain", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"), "-q",
+                    "--profile", "-m", "gradient", "--device", "cpu")
     assert proc.returncode == 0 and proc.stdout == ""
     lines = proc.stderr.splitlines()
+    where = "on 2 threads of the main process" if (os.cpu_count() or 1) > 1 else "in the main process"
+    assert lines[1].startswith("  decode") and lines[1].endswith(where), lines[1]
     assert lines[0].startswith("where the time went")
     phases = [line.split()[0] for line in lines[1:]]
     assert phases == ["decode", "transfer", "attribution", "render", "encode", "write", "idle"]
