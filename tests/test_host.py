@@ -60,7 +60,7 @@ def test_profile_says_where_the_time_went(tmp_path):
     for name in ("a", "b"):
         Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / f"{name}.png")
     proc = saliency("explain", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"), "-q",
-                    "--profile", "-m", "gradient", "--device", "cpu")
+                    "--profile", "-m", "gradient", "--device", "cpu", "--set", "runtime.workers=0")
     assert proc.returncode == 0 and proc.stdout == ""
     lines = proc.stderr.splitlines()
     where = "on 2 threads of the main process" if (os.cpu_count() or 1) > 1 else "in the main process"
