@@ -26,9 +26,10 @@ pytest.importorskip("ultralytics")
 
 @pytest.fixture(scope="module")
 def ultralytics_env(tmp_path_factory):
-    """Ultralytics writes a settings file on first import: into this test's folder."""
+    """Ultralytics writes a settings file on first import: into this test's folder. Its import
+    also sets OMP_NUM_THREADS=1, which the CLI tests run after these would inherit: restored."""
     folder = tmp_path_factory.mktemp("ultralytics")
-    saved = {k: os.environ.get(k) for k in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_VERBOSE")}
+    saved = {k: os.environ.get(k) for k in ("YOLO_CONFIG_DIR", "YOLO_OFFLINE", "YOLO_VERBOSE", "OMP_NUM_THREADS")}
     os.environ.update(YOLO_CONFIG_DIR=str(folder), YOLO_OFFLINE="1", YOLO_VERBOSE="False")
     yield {"YOLO_CONFIG_DIR": str(folder), "YOLO_OFFLINE": "1"}
     for key, value in saved.items():
