@@ -54,3 +54,5 @@ def test_the_cli_reuses_memory_unless_told_not_to(tmp_path):
     off = saliency("explain", str(sample_image), "-o", str(tmp_path / "off"), "-m", "gradient", "--debug",
                    "--set", "runtime.reuse_memory=false")
     assert off.returncode == 0 and said not in off.stderr, off.stderr
+    scored = saliency("evaluate", str(tmp_path / "on"), "--metric", "deletion", "--steps", "4", "--debug")
+    assert scored.returncode == 0 and said in scored.stderr, scored.stderr
