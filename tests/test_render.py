@@ -104,3 +104,19 @@ def test_pillow_quiet_is_shared_by_threads_and_restores_the_filters():
     assert warnings.filters == before  # restored, whatever the interleaving
     with pytest.warns(UserWarning, match="still heard"):
         warnings.warn("still heard", UserWarning)
+
+
+@pytest.mark.parametrize("style", ["positive", "signed"])
+def test_weighted_blend_is_its_float32_formula(style):
+    """round(photo * (1 - alpha) * (1 - s) + heat * s) in float32, s the pixel's strength."""
+    import saliency_cli.render as render
+
+    rng = np.random.default_rng(5)
+    photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    unit = rng.random((37, 53), dtype=np.float32)
+    got = render._blend(photo, unit, "jet", style, 0.3, weighted=True)
+    s = np.abs(2 * unit - 1) if style == "signed" else unit
+    heat = colorize(unit, "jet").astype(np.float32)
+    keep = np.float32(0.7) * (1 - s)
+    want = (photo.astype(np.float32) * keep[..., None] + heat * s[..., None] + np.float32(0.5)).astype(np.uint8)
+    assert np.array_equal(got, want)
