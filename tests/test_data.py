@@ -202,8 +202,12 @@ def test_threaded_loader_leaves_no_thread_when_the_run_stops_early(tmp_path):
 
     items = [InputItem(str(make_png(tmp_path / f"{i}.png")), str(i)) for i in range(6)]
     ds = ImageDataset(items, PreprocessConfig(size=[16, 16]), keep_original=False)
+    def decoding() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("saliency-decode")}
+
+    before = decoding()  # another test's loader may still be waiting for the garbage collector
     batches = iter(ThreadedLoader(ds, batch_size=2, threads=2))
     assert len(next(batches).ok) == 2
-    assert any(t.name.startswith("saliency-decode") for t in threading.enumerate())
+    assert decoding() - before
     batches.close()  # what a `for` loop left by an exception does
-    assert not any(t.name.startswith("saliency-decode") for t in threading.enumerate())
+    assert not decoding() - before
