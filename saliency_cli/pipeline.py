@@ -228,8 +228,9 @@ def _applicable(task: tasks.Task, model: Any, work: list[Work], bound: dict[str,
 
 def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSummary, fail_fast: bool) -> None:
     """Every batch through the task; an interruption is noted in `summary`."""
+    batches = _timed(loader, state.profile)
     try:
-        for batch in _timed(loader, state.profile):
+        for batch in batches:
             task.explain_safely(batch, state)
             if state.writer.full is not None:  # OUT is full: stop at once
                 break
@@ -247,6 +248,8 @@ def _stream(loader: Iterable, task: tasks.Task, state: tasks.Run, summary: RunSu
             f"a decoding worker process died ({exc}). In a container this is usually too small a "
             "/dev/shm: give it more (docker run --shm-size=1g) or decode in this process with "
             "--set runtime.workers=0. Finished images are kept; a rerun goes on from there") from exc
+    finally:
+        batches.close()  # the loader's threads or worker processes end now, not when the batches are collected
 
 
 def _timed(loader: Any, profile: Profile) -> Iterator[Any]:
