@@ -56,6 +56,15 @@ class RunSummary:
     decode_threads: int = 1  # threads of the main process that decoded each batch (without worker processes)
 
     @property
+    def decoded_where(self) -> str:
+        """Where the images were decoded, as the --profile table says it."""
+        if self.decoders:
+            return f"in {self.decoders} worker process(es)"
+        if self.decode_threads > 1:
+            return f"on {self.decode_threads} threads of the main process"
+        return "in the main process"
+
+    @property
     def remaining(self) -> int:
         """Images this run was to do and did not (after an interruption or --fail-fast)."""
         return self.found - self.skipped - self.ok - self.failed

@@ -50,9 +50,9 @@ def default_threads(device_type: str) -> int:
     """Writer threads (rendering, PNG encoding, files) for a model on `device_type`.
 
     With a GPU the CPU's cores are free for the host's work: up to 8. On the
-    CPU the writer shares the cores with torch's threads, and its work (about
-    9 core-ms per image and method on 0.25-megapixel photos) is a quarter or
-    less of the model's, so it gets a quarter of the cores, at least one: on
+    CPU the writer shares the cores with torch's threads, and its work (3-4
+    core-ms per image and method on 0.25-megapixel photos, BENCHMARKS.md) is
+    a small share of the model's, so it gets a quarter of the cores, at least one: on
     2 cores one thread made `saliency explain -m grad-cam` 0.58-0.61x of
     attribution-only throughput against 0.56x with two (BENCHMARKS.md)."""
     cores = os.cpu_count() or 1

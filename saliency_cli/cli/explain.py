@@ -111,10 +111,7 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
     )
     _tell(summary, out)
     if profile and summary.seconds:
-        where = f"in {summary.decoders} worker process(es)" if summary.decoders else "in the main process"
-        if not summary.decoders and summary.decode_threads > 1:
-            where = f"on {summary.decode_threads} threads of the main process"
-        print(summary.profile.table(summary.seconds, {"decode": where}), file=sys.stderr)
+        print(summary.profile.table(summary.seconds, {"decode": summary.decoded_where}), file=sys.stderr)
     raise typer.Exit(summary.exit_code)
 
 
