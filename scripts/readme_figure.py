@@ -5,12 +5,13 @@ one figure for the README: one photo per band, each grid folded into
     python scripts/readme_figure.py outputs/demo outputs/demo/demo-grid.jpg
 """
 
-import json
 import math
 import sys
 from pathlib import Path
 
 from PIL import Image
+
+from saliency_cli.records import read_manifest
 
 WIDTH = 2400  # pixels: the widest line is scaled to this, the others by the same factor
 LINES = 2  # lines of panels per photo
@@ -19,12 +20,7 @@ GAP = 6  # compose_grid's gap between panels (saliency_cli/render.py)
 
 def panels_per_grid(out_dir: Path) -> dict[str, int]:
     """key -> panels in its grid: the photo and one per method written."""
-    counts = {}
-    for line in (out_dir / "manifest.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("status") == "ok":
-            counts[record["key"]] = 1 + len(record.get("outputs", {}))
-    return counts
+    return {key: 1 + len(record.outputs) for key, record in read_manifest(out_dir).items() if record.ok}
 
 
 def fold(grid: Image.Image, panels: int) -> list[Image.Image]:
