@@ -60,9 +60,8 @@ class RunSummary:
         """Where the images were decoded, as the --profile table says it."""
         if self.decoders:
             return f"in {self.decoders} worker process(es)"
-        if self.decode_threads > 1:
-            return f"on {self.decode_threads} threads of the main process"
-        return "in the main process"
+        threads = self.decode_threads
+        return f"on {threads} threads of the main process" if threads > 1 else "in the main process"
 
     @property
     def remaining(self) -> int:
