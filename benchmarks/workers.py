@@ -5,7 +5,7 @@ included) on a folder of copies of the sample photos, for each number of
 decoding workers (0: each batch decodes on threads of the main process on
 a CPU, ThreadedLoader), interleaved, median of the repeats after a warm-up
 round.
-This is the measurement behind `default_workers` in saliency_cli/data.py.
+This is the measurement behind `default_workers` in saliency_cli/loading.py.
 
     python benchmarks/workers.py [--workers 0 2] [--images 96] [--repeats 4]
 """

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -217,73 +216,6 @@ def collate(items: list[dict[str, Any]], device: torch.device | None = None) -> 
     if inputs and all(t.shape == inputs[0].shape for t in inputs):
         return Batch(ok, failed, torch.stack(inputs))
     return Batch(ok, failed, inputs or None)
-
-
-def default_workers(device_type: str) -> int:
-    """Decoding processes when `runtime.workers` is null.
-
-    With a GPU the CPU is free to decode while the model runs: up to 4
-    workers. On the CPU, torch's threads already take the cores and workers
-    would compete with them (on 2 cores, 2 workers made `saliency explain`
-    slower than decoding in the main process: `python benchmarks/workers.py`,
-    table in BENCHMARKS.md), so only cores that torch leaves idle get a worker;
-    the main process then decodes each batch on threads (ThreadedLoader)."""
-    cores = os.cpu_count() or 1
-    if device_type == "cuda":
-        return min(4, cores)
-    return min(4, max(0, cores - torch.get_num_threads()))
-
-
-def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None,
-                device_type: str) -> torch.utils.data.DataLoader | ThreadedLoader:
-    if workers is None:
-        workers = default_workers(device_type)
-    workers = min(workers, len(dataset))
-    threads = min(8, batch_size, len(dataset), os.cpu_count() or 1)
-    if workers == 0 and device_type == "cpu" and threads > 1:
-        return ThreadedLoader(dataset, batch_size, threads)
-    pin_memory = device_type == "cuda"
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        # each worker keeps 2 batches ready (PyTorch's default): 8 batches ahead of the device with
-        # 4 workers, all in shared memory, which a container often limits to 64 MB
-        prefetch_factor=2 if workers else None,
-        persistent_workers=False,
-    )
-
-
-class ThreadedLoader:
-    """The batches of `dataset`, in order, each decoded by a pool of threads
-    of this process while the main thread waits for it (Pillow releases the
-    GIL while it decodes and resizes).
-
-    For a model on the CPU, where decoding overlapping the model only slows
-    torch's threads down (worker processes, or a thread decoding ahead: both
-    measured slower on 2 cores), but a batch's images need not decode one
-    after another on one core: on 2 cores `saliency explain -m grad-cam`
-    ran 13% faster with PNGs, 22% with `.npy` only (BENCHMARKS.md)."""
-
-    num_workers = 0  # no worker processes: the main process decodes
-
-    def __init__(self, dataset: ImageDataset, batch_size: int, threads: int):
-        self.dataset, self.batch_size, self.threads = dataset, batch_size, threads
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="saliency-decode")
-        try:
-            for start in range(0, len(self.dataset), self.batch_size):
-                indices = range(start, min(len(self.dataset), start + self.batch_size))
-                yield collate(list(pool.map(self.dataset.__getitem__, indices)))
-        finally:  # also when the run stops early (an interruption, --fail-fast): no thread is left behind
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def normalize(inputs: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:

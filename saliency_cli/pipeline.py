@@ -21,10 +21,10 @@ import torch
 
 from . import tasks
 from .config import Config
-from .data import make_loader
 from .discovery import InputItem, discover
 from .errors import OutputClosed, SaliencyError, Terminated, interrupt_code, out_of_space, output_full
 from .figures import Figures
+from .loading import decode_threads, make_loader
 from .locking import OutLock
 from .methods import registry
 from .models import load_model
@@ -114,7 +114,6 @@ def run(
         work = _planned(items, digests, out_dir, task, overwrite, summary)
         if work:
             writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record, lock=lock,
-                             threads=default_threads(task.device.type),
                              png_compression=cfg.output.png_compression, profile=summary.profile)
             _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
             summary.seconds = time.perf_counter() - start
@@ -195,15 +194,16 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     log.info("explaining %d image(s) with %s on %s", len(work), ", ".join(bound), task.device)
     out = cfg.output
     dataset = task.dataset([w.item for w in work], keep_original=out.png and (out.overlay or out.grid))
-    loader = make_loader(dataset, batch_size=task.batch_size, workers=cfg.runtime.workers,
-                         device_type=task.device.type)
+    batching = {"batch_size": task.batch_size, "workers": cfg.runtime.workers, "device_type": task.device.type}
+    threads = decode_threads(len(dataset), **batching)  # if not 0: the writer's threads decode too
     try:
-        writer = open_writer()
+        writer = open_writer(threads=threads or default_threads(task.device.type))
         save_settings(writer.out, cfg, {name: b.params for name, b in bound.items()})  # before a record names it
     except OSError as exc:  # what check_out_dir could not foresee (a full disk: run() says so)
         if out_of_space(exc):
             raise
         raise SaliencyError(f"--out: cannot write there: {exc.strerror or exc}: {exc.filename}") from exc
+    loader = make_loader(dataset, **batching, pool=writer.pool)
     units = sum(task.units([bound[n] for n in w.methods]) for w in work)
     bar = tasks.Progress(units, task.unit, show=progress)
     figures = Figures(out, writer, task.device, summary.profile)

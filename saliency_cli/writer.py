@@ -2,8 +2,11 @@
 
 - Every file is written to `OUT/.tmp/<manifest>@<pid>/` and renamed into place, so
   a killed run never leaves a half-written PNG or .npy under its final name.
-- PNG encoding and .npy writing run on a thread pool (PIL and numpy release
-  the GIL while encoding), so the device does not wait on the disk.
+- Rendering, PNG encoding and .npy writing run on a thread pool, so the
+  device does not wait on the disk. (Pillow's decoding and resizing and
+  numpy's larger loops release the GIL; fpng's encoder holds it, 0.8 ms
+  for a 600x400 overlay.) With the model on the CPU the same threads decode
+  the batches between the model's (loading.ThreadedLoader).
 - The manifest gets one line per processed image (`Record.to_line()`),
   written with a single append once all of that image's files are in place,
   in input order. A shard of a sharded run appends to its own part (see
@@ -50,11 +53,13 @@ def default_threads(device_type: str) -> int:
     """Writer threads (rendering, PNG encoding, files) for a model on `device_type`.
 
     With a GPU the CPU's cores are free for the host's work: up to 8. On the
-    CPU the writer shares the cores with torch's threads, and its work (3-4
-    core-ms per image and method on 0.25-megapixel photos, BENCHMARKS.md) is
-    a small share of the model's, so it gets a quarter of the cores, at least one: on
-    2 cores one thread made `saliency explain -m grad-cam` 0.58-0.61x of
-    attribution-only throughput against 0.56x with two (BENCHMARKS.md)."""
+    CPU, where the batches decode on threads of the main process, the run
+    gives the writer one thread per core instead and decodes on them too
+    (pipeline.py, loading.ThreadedLoader): its work then waits while the model
+    runs. Otherwise (worker processes decode) the writer shares the cores
+    with torch's threads, and its work (3-4 core-ms per image and method on
+    0.25-megapixel photos, BENCHMARKS.md) is a small share of the model's,
+    so it gets a quarter of the cores, at least one."""
     cores = os.cpu_count() or 1
     return min(8, cores) if device_type == "cuda" else max(1, min(8, cores // 4))
 

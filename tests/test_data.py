@@ -9,17 +9,10 @@ import torch
 from PIL import Image
 
 from saliency_cli.config import PreprocessConfig
-from saliency_cli.data import (
-    ImageDataset,
-    ThreadedLoader,
-    collate,
-    default_workers,
-    load_image,
-    make_loader,
-    preprocess,
-)
+from saliency_cli.data import ImageDataset, collate, load_image, preprocess
 from saliency_cli.discovery import discover
 from saliency_cli.errors import InputError, SaliencyError
+from saliency_cli.loading import ThreadedLoader, default_workers, make_loader
 
 
 def make_png(path, size=(20, 10), color=(200, 30, 40)):
@@ -211,3 +204,32 @@ def test_threaded_loader_leaves_no_thread_when_the_run_stops_early(tmp_path):
     assert decoding() - before
     batches.close()  # what a `for` loop left by an exception does
     assert not decoding() - before
+
+
+def test_threaded_loader_on_a_borrowed_pool_cancels_its_queued_decoding_and_leaves_the_pool_open(tmp_path):
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from saliency_cli.discovery import InputItem
+
+    items = [InputItem(str(make_png(tmp_path / f"{i}.png")), str(i)) for i in range(6)]
+    started, release = [], threading.Event()
+
+    class Interrupted(ImageDataset):
+        def __getitem__(self, index):
+            started.append(index)
+            if index == 3:  # Ctrl-C while the main thread waits for this batch
+                threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+                release.wait(10)
+            return super().__getitem__(index)
+
+    ds = Interrupted(items, PreprocessConfig(size=[16, 16]), keep_original=False)
+    with ThreadPoolExecutor(1) as pool:  # one thread, held by image 3: 4 and 5 wait in the queue
+        batches = iter(ThreadedLoader(ds, batch_size=3, threads=1, pool=pool))
+        assert [it["index"] for it in next(batches).ok] == [0, 1, 2]
+        with pytest.raises(KeyboardInterrupt):
+            next(batches)
+        release.set()
+        assert pool.submit(lambda: "open").result() == "open"
+    assert started == [0, 1, 2, 3]  # 4 and 5 were cancelled, not decoded

@@ -70,3 +70,44 @@ def test_profile_says_where_the_time_went(tmp_path):
     assert phases == ["decode", "transfer", "attribution", "render", "encode", "write", "idle"]
     seconds = {line.split()[0]: float(line.split()[1]) for line in lines[1:]}
     assert seconds["attribution"] > 0 and all(v >= 0 for v in seconds.values())
+
+
+def test_on_the_cpu_the_writers_threads_decode_each_batch_after_writing_the_last(tmp_path, monkeypatch):
+    """Decoding on threads (the model on the CPU, no worker process): one
+    pool does the host's work, and each batch's files are queued on it
+    before the next batch's decoding, so both run while the model waits."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from saliency_cli.config import load_config
+    from saliency_cli.data import ImageDataset
+    from saliency_cli.pipeline import run
+
+    from .test_reliability import many_images
+
+    many_images(tmp_path / "in", 6)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    queued, decoded_on = [], set()  # (pool, "decode" | "write", image index) in the order queued
+    submit, getitem = ThreadPoolExecutor.submit, ImageDataset.__getitem__
+
+    def queue(pool, fn, *args, **kwargs):
+        if isinstance(getattr(fn, "__self__", None), ImageDataset):
+            queued.append((pool, "decode", args[0]))
+        elif getattr(fn, "__name__", "") == "_run_jobs":
+            queued.append((pool, "write", int(args[0].input[-7:-4])))  # .../img003.png
+        return submit(pool, fn, *args, **kwargs)
+
+    def decode(self, index):
+        decoded_on.add(threading.current_thread().name.rsplit("_", 1)[0])
+        return getitem(self, index)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", queue)
+    monkeypatch.setattr(ImageDataset, "__getitem__", decode)
+    cfg = load_config(None, ["model.factory=tests.helpers:TinyCNN", "runtime.workers=0", "runtime.batch_size=2"])
+    summary = run(cfg, [str(tmp_path / "in")], tmp_path / "out", methods=["gradient"])
+    assert summary.exit_code == 0 and summary.ok == 6 and summary.decode_threads == 2
+    assert decoded_on == {"saliency-writer"}
+    assert len({pool for pool, _, _ in queued}) == 1  # one pool
+    order = [(kind, index) for _, kind, index in queued]
+    assert order == [("decode", 0), ("decode", 1), ("write", 0), ("write", 1), ("decode", 2), ("decode", 3),
+                     ("write", 2), ("write", 3), ("decode", 4), ("decode", 5), ("write", 4), ("write", 5)]
