@@ -37,13 +37,18 @@ def sample_photos() -> list[Path]:
     return sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))
 
 
-def copy_photos(folder: Path, count: int) -> Path:
-    """A folder of `count` photos, cycling through the samples."""
+def copy_photos(folder: Path, count: int, jpeg: bool = False) -> Path:
+    """A folder of `count` photos, cycling through the samples (three PNGs
+    and a JPEG); with `jpeg`, all saved as JPEGs (quality 90), the format
+    of cameras' photos and of most datasets."""
     folder.mkdir(parents=True, exist_ok=True)
     photos = sample_photos()
     for i in range(count):
         src = photos[i % len(photos)]
-        Image.open(src).save(folder / f"{i:04d}{src.suffix}")
+        if jpeg:
+            Image.open(src).convert("RGB").save(folder / f"{i:04d}.jpg", quality=90)
+        else:
+            Image.open(src).save(folder / f"{i:04d}{src.suffix}")
     return folder
 
 
