@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import tasks
+from . import png, tasks
 from .config import Config
 from .discovery import InputItem, discover
 from .errors import OutputClosed, SaliencyError, Terminated, interrupt_code, out_of_space, output_full
@@ -113,8 +113,7 @@ def run(
         start = time.perf_counter()  # the run's own time, without the wait
         work = _planned(items, digests, out_dir, task, overwrite, summary)
         if work:
-            writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record, lock=lock,
-                             png_compression=cfg.output.png_compression, profile=summary.profile)
+            writer = partial(Writer, out_dir, manifest=manifest_name(shard), on_record=on_record, lock=lock)
             _explain(task, work, bound, writer, summary, progress=progress, fail_fast=fail_fast)
             summary.seconds = time.perf_counter() - start
         elif out_dir.is_dir():  # nothing to do: still record the config (for `saliency evaluate`)
@@ -196,8 +195,9 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     dataset = task.dataset([w.item for w in work], keep_original=out.png and (out.overlay or out.grid))
     batching = {"batch_size": task.batch_size, "workers": cfg.runtime.workers, "device_type": task.device.type}
     threads = decode_threads(len(dataset), **batching)  # if not 0: the writer's threads decode too
-    try:
-        writer = open_writer(threads=threads or default_threads(task.device.type))
+    try:  # on a GPU they run beside the thread that drives it: a PNG encoder that leaves it the GIL (png.py)
+        writer = open_writer(threads=threads or default_threads(task.device.type), profile=summary.profile,
+                             png_encoder=png.encoder(out.png_compression, beside_model=task.device.type == "cuda"))
         save_settings(writer.out, cfg, {name: b.params for name, b in bound.items()})  # before a record names it
     except OSError as exc:  # what check_out_dir could not foresee (a full disk: run() says so)
         if out_of_space(exc):

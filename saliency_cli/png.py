@@ -1,26 +1,40 @@
 """PNG encoding. Every PNG the tool writes (overlays, bare heatmaps,
 detection PNGs, grids) goes through `encode`.
 
-`fast` (the default) uses fpng (a fast single-pass encoder) where its wheel
-is installed, and Pillow otherwise; `zlib` always uses Pillow at zlib level 1
-with the run-length strategy. Both are lossless: the pixels are the same,
-only the time and the file size differ. On a 600x400 photo overlay fpng took
-0.9 ms against 17.7 ms, for a file about 20% larger (BENCHMARKS.md,
-`python benchmarks/cpu_costs.py`).
+Three encoders, all lossless (the pixels are the same; the time, the file
+size and Python's GIL differ; BENCHMARKS.md, a 600x400 photo overlay):
+
+- fpng (a fast single-pass encoder): 0.65-0.8 ms, the least CPU, but it
+  holds the GIL while it encodes, so a thread encoding beside the thread
+  that runs the model stalls it: EfficientNet-Lite0's Grad-CAM on one CPU
+  thread took 1.38x its time alone beside a thread rendering and encoding
+  with fpng (1.10x rendering only), and a loop of small torch operations,
+  as a GPU's launching thread runs, fell to 1/200 of its rate.
+- isal: PNG's Up filter (numpy), then a zlib stream from ISA-L at level 1,
+  which releases the GIL: 2.1 ms, files the size of fpng's; the model beside
+  it took 1.07x its time.
+- pillow: zlib level 1 with the run-length strategy, 17.6 ms, files about
+  15% smaller: `output.png_compression: zlib`, and the fallback.
+
+`fast` (the default) takes fpng where the model runs on the CPU, the least
+CPU time (there the writer's threads mostly run between the model's
+batches: loading.ThreadedLoader), and isal where it runs on a GPU, whose
+work the main thread launches while the writer's threads render and
+encode beside it; each falls back to the other where its wheel is missing,
+then to Pillow.
 """
 
 from __future__ import annotations
 
 import io
-import logging
+import struct
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-log = logging.getLogger("saliency")
-
 Compression = Literal["fast", "zlib"]
+Encoder = Literal["fpng", "isal", "pillow"]
 
 # zlib level 1 with the run-length strategy: on a 512x512 overlay it took 24 ms
 # for 381 KiB, against 32 ms / 424 KiB for level 1's default strategy and
@@ -28,24 +42,64 @@ Compression = Literal["fast", "zlib"]
 ZLIB_LEVEL = 1
 ZLIB_STRATEGY = 3  # Z_RLE
 
-try:  # an optional speed-up: wheels for Linux (x86_64, aarch64), Windows and Apple silicon
+try:  # optional speed-ups: wheels for Linux (x86_64, aarch64), Windows and macOS (fpng: Apple silicon)
     import fpng as _fpng
 except ImportError:  # pragma: no cover - depends on the platform
     _fpng = None
+try:
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - depends on the platform
+    _isal = None
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def encoder(compression: Compression) -> str:
-    """The encoder `compression` uses on this machine: fpng or pillow."""
-    return "fpng" if compression == "fast" and _fpng is not None else "pillow"
+def installed() -> list[Encoder]:
+    """The encoders this machine has (Pillow's always)."""
+    return [name for name, module in (("fpng", _fpng), ("isal", _isal)) if module is not None] + ["pillow"]
 
 
-def encode(image: np.ndarray | Image.Image, compression: Compression = "fast") -> bytes:
-    """An RGB image (uint8 [h,w,3] or a PIL image) as PNG bytes."""
-    if encoder(compression) == "fpng":
-        array = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+def encoder(compression: Compression, beside_model: bool = False) -> Encoder:
+    """The encoder `compression` uses on this machine; `beside_model`: the
+    writer's threads run while the model does, on a GPU (see above)."""
+    if compression == "zlib":
+        return "pillow"
+    preferred: tuple[Encoder, ...] = ("isal", "fpng") if beside_model else ("fpng", "isal")
+    return next((name for name in preferred if name in installed()), "pillow")
+
+
+def encode(image: np.ndarray | Image.Image, using: Encoder | Compression = "fast") -> bytes:
+    """An RGB image (uint8 [h,w,3] or a PIL image) as PNG bytes, by the
+    encoder named `using`, or the one a compression setting picks."""
+    name = encoder(using) if using in ("fast", "zlib") else using
+    if name == "pillow":
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(image, "RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=ZLIB_LEVEL, compress_type=ZLIB_STRATEGY)
+        return buffer.getvalue()
+    array = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+    if name == "fpng":
         return _fpng.from_ndarray(array)
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(image, "RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=ZLIB_LEVEL, compress_type=ZLIB_STRATEGY)
-    return buffer.getvalue()
+    return _isal_png(array)
+
+
+def _isal_png(array: np.ndarray) -> bytes:
+    """A PNG of uint8 [h,w,3]: every row after the first with the Up filter
+    (type 2: each byte minus the byte above, mod 256; the first row unfiltered),
+    deflated by ISA-L at level 1. Both release the GIL on rows this long."""
+    height, width, _ = array.shape
+    rows = array.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2
+    filtered[0, 0] = 0
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+    return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", _isal.compress(filtered, 1)),
+                     _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = _isal.crc32(data, _isal.crc32(kind))  # 15x zlib's speed; both release the GIL on long data
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

@@ -4,9 +4,10 @@
   a killed run never leaves a half-written PNG or .npy under its final name.
 - Rendering, PNG encoding and .npy writing run on a thread pool, so the
   device does not wait on the disk. (Pillow's decoding and resizing and
-  numpy's larger loops release the GIL; fpng's encoder holds it, 0.8 ms
-  for a 600x400 overlay.) With the model on the CPU the same threads decode
-  the batches between the model's (loading.ThreadedLoader).
+  numpy's larger loops release the GIL; of the PNG encoders, fpng holds it,
+  so the run picks one by where the writer's threads run: png.py.) With the
+  model on the CPU the same threads decode the batches between the model's
+  (loading.ThreadedLoader).
 - The manifest gets one line per processed image (`Record.to_line()`),
   written with a single append once all of that image's files are in place,
   in input order. A shard of a sharded run appends to its own part (see
@@ -68,9 +69,10 @@ class Writer:
     def __init__(self, out_dir: Path, *, threads: int | None = None, manifest: str = MANIFEST,
                  on_record: Callable[[Record], None] | None = None,
                  max_pending_bytes: int = MAX_PENDING_BYTES, lock: OutLock | None = None,
-                 png_compression: png.Compression = "fast", profile: Profile | None = None):
+                 png_encoder: png.Encoder | png.Compression = "fast", profile: Profile | None = None):
         self.out = Path(out_dir)
-        self.png_compression = png_compression
+        self.png_encoder = png.encoder(png_encoder) if png_encoder in ("fast", "zlib") else png_encoder
+        log.debug("PNGs are encoded by %s", self.png_encoder)
         self.profile = profile or Profile()
         self.out.mkdir(parents=True, exist_ok=True)
         # a temporary folder per process, named after its manifest. The lock on OUT
@@ -120,7 +122,7 @@ class Writer:
     def save_png(self, rel: str, image: np.ndarray | Image.Image) -> None:
         """An RGB image (uint8 [h,w,3] or PIL) as OUT/<rel> (see png.py)."""
         with self.profile.timed("encode"):
-            data = png.encode(image, self.png_compression)
+            data = png.encode(image, self.png_encoder)
         with self.profile.timed("write"):
             self._atomic(rel, lambda p: p.write_bytes(data))
 

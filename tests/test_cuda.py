@@ -60,9 +60,11 @@ def test_d_rise_masks_on_the_device():
 
 def test_explain_on_cuda(tmp_path):
     proc = saliency("explain", str(SAMPLES / "chelsea.png"), "-o", str(tmp_path), "--device", "cuda",
-                    "-m", "gradient", "-m", "grad-cam", "-m", "smoothgrad", "--set", "methods.smoothgrad.n=8")
+                    "-m", "gradient", "-m", "grad-cam", "-m", "smoothgrad", "--set", "methods.smoothgrad.n=8",
+                    "--debug")
     assert proc.returncode == 0, proc.stderr
     assert "on cuda" in proc.stderr
+    assert "PNGs are encoded by isal" in proc.stderr  # the writer's threads leave the launching thread the GIL
     assert records(tmp_path)[0]["predictions"][0]["label"] == "Egyptian cat"
 
 

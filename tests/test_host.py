@@ -9,6 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from saliency_cli import png
 from saliency_cli.config import OutputConfig
 from saliency_cli.plan import DEFAULT_PNG_MAX_SIDE
 
@@ -72,7 +73,7 @@ def test_profile_says_where_the_time_went(tmp_path):
     assert seconds["attribution"] > 0 and all(v >= 0 for v in seconds.values())
 
 
-def test_on_the_cpu_the_writers_threads_decode_each_batch_after_writing_the_last(tmp_path, monkeypatch):
+def test_on_the_cpu_the_writers_threads_decode_each_batch_after_writing_the_last(tmp_path, monkeypatch, caplog):
     """Decoding on threads (the model on the CPU, no worker process): one
     pool does the host's work, and each batch's files are queued on it
     before the next batch's decoding, so both run while the model waits."""
@@ -104,8 +105,10 @@ def test_on_the_cpu_the_writers_threads_decode_each_batch_after_writing_the_last
     monkeypatch.setattr(ThreadPoolExecutor, "submit", queue)
     monkeypatch.setattr(ImageDataset, "__getitem__", decode)
     cfg = load_config(None, ["model.factory=tests.helpers:TinyCNN", "runtime.workers=0", "runtime.batch_size=2"])
-    summary = run(cfg, [str(tmp_path / "in")], tmp_path / "out", methods=["gradient"])
+    with caplog.at_level("DEBUG", logger="saliency"):
+        summary = run(cfg, [str(tmp_path / "in")], tmp_path / "out", methods=["gradient"])
     assert summary.exit_code == 0 and summary.ok == 6 and summary.decode_threads == 2
+    assert f"PNGs are encoded by {png.encoder('fast')}" in caplog.text  # fpng where installed: the least CPU
     assert decoded_on == {"saliency-writer"}
     assert len({pool for pool, _, _ in queued}) == 1  # one pool
     order = [(kind, index) for _, kind, index in queued]
