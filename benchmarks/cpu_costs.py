@@ -75,23 +75,23 @@ def main() -> None:
                 weighted=True),
             "(overlay, torch renderer on the CPU, CAM-style)": lambda: render_overlays(
                 maps, ["minmax"], [100.0], [False], colormap="jet", size=image.size, box=box, photo=photo),
-            "PNG encode, fast (fpng)": lambda: png.encode(heat, "fast"),
+            "PNG encode, fpng (fast, model on the CPU)": lambda: png.encode(heat, "fpng"),
+            "PNG encode, isal (fast, model on a GPU: releases the GIL)": lambda: png.encode(heat, "isal"),
             "PNG encode, zlib (level 1, Z_RLE)": lambda: png.encode(heat, "zlib"),
             "(PNG encode, Pillow's default, level 6)": pil(),
             ".npy write (to memory)": lambda: np.save(io.BytesIO(), values),
         }
         for step, fn in measured.items():
             steps.setdefault(step, []).append(median_ms(fn, args.repeats))
-        sizes_kib = {name: len(png.encode(heat, name)) / 1024 for name in ("fast", "zlib")}
-        steps.setdefault("PNG KiB, fast", []).append(sizes_kib["fast"])
-        steps.setdefault("PNG KiB, zlib", []).append(sizes_kib["zlib"])
-    print(f"# CPU cost per image and method, one thread ({', '.join(sizes)}); PNG encoder here: "
-          f"{png.encoder('fast')}\n")
+        for name in ("fpng", "isal", "pillow"):
+            steps.setdefault(f"PNG KiB, {name}", []).append(len(png.encode(heat, name)) / 1024)
+    print(f"# CPU cost per image and method, one thread ({', '.join(sizes)}); `fast` encodes by "
+          f"{png.encoder('fast')} with the model on the CPU, {png.encoder('fast', beside_model=True)} on a GPU\n")
     print("| step | ms per image (median over photos) | once per |")
     print("|---|---|---|")
     for step, ms in steps.items():
         per = "image" if step.startswith(("decode", "resize")) else "image and method"
-        if step.startswith("(") or "zlib" in step:
+        if step.startswith("(") or "zlib" in step or "pillow" in step:
             per = "not used by default"
         unit = "" if "KiB" not in step else " (file size)"
         print(f"| {step}{unit} | {statistics.median(ms):.2f} | {per} |")

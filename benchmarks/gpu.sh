@@ -6,22 +6,23 @@
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log), STEP.json where the script writes one, and machine.md (the
 # GPU, driver and versions). STEP is any of
-#   tests effnet resnet50 layouts amp evaluate vit workers large convnext suite
+#   tests effnet host resnet50 layouts amp evaluate vit workers large convnext suite
 # (default: all but suite, in that order: the most wanted first). A device
 # lease is short, so the run keeps to a budget: BUDGET seconds in all
 # (default 420) and STEP_TIMEOUT seconds per step (default 150); a step that
 # would start after the budget is spent is skipped and listed, one that runs
 # past its timeout is stopped (what it printed is kept). A failing step is
 # reported and the others still run; the exit code is the number of failed
-# or skipped steps. Without a CUDA device only `tests` (and `suite`) run, so
-# the script can be tried anywhere first.
+# or skipped steps. Without a CUDA device only `tests`, `host` (the CPU's
+# share, no device needed) and `suite` run, so the script can be tried
+# anywhere first.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet resnet50 layouts amp evaluate vit workers large convnext)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 layouts amp evaluate vit workers large convnext)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 BUDGET=${BUDGET:-420}
@@ -51,6 +52,7 @@ step() {
                 --json "$results/resnet50.json" ;;
     convnext) $PY benchmarks/run.py --device cuda --model convnext_tiny --batch 32 --json "$results/convnext.json" \
                 --methods gradient guided-backprop smoothgrad grad-cam guided-grad-cam ;;
+    host)     $PY benchmarks/host_threads.py ;;  # the writer's threads on this host's cores
     layouts)  $PY benchmarks/layouts.py --device cuda --batch 32 ;;
     amp)      $PY benchmarks/amp_fidelity.py --device cuda ;;
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
@@ -58,7 +60,7 @@ step() {
     vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
     evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
                 --json "$results/evaluate.json" ;;
-    *)        echo "unknown step: $1 (tests effnet resnet50 layouts amp evaluate vit workers large convnext suite)" >&2; return 2 ;;
+    *)        echo "unknown step: $1 (tests effnet host resnet50 layouts amp evaluate vit workers large convnext suite)" >&2; return 2 ;;
   esac
 }
 
@@ -77,8 +79,8 @@ skipped=()
 t0=$SECONDS
 cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 for s in "${steps[@]}"; do
-  if [ "$cuda" != 1 ] && [ "$s" != tests ] && [ "$s" != suite ]; then
-    echo "== $s: no CUDA device here, skipped (the tests step still runs, its CUDA tests skip)" >&2
+  if [ "$cuda" != 1 ] && [ "$s" != tests ] && [ "$s" != suite ] && [ "$s" != host ]; then
+    echo "== $s: no CUDA device here, skipped (tests and host still run; the CUDA tests skip)" >&2
     continue
   fi
   if (( SECONDS - t0 >= BUDGET )); then
