@@ -7,14 +7,14 @@ size and Python's GIL differ; BENCHMARKS.md, a 600x400 photo overlay):
 - fpng (a fast single-pass encoder): 0.65-0.8 ms, the least CPU, but it
   holds the GIL while it encodes, so a thread encoding beside the thread
   that runs the model stalls it: EfficientNet-Lite0's Grad-CAM on one CPU
-  thread took 1.38x its time alone beside a thread rendering and encoding
-  with fpng (1.10x rendering only), and a loop of small torch operations,
-  as a GPU's launching thread runs, fell to 1/200 of its rate.
+  thread took 1.34-1.38x its time alone beside a thread rendering and
+  encoding with fpng (1.10-1.13x rendering only), and a loop of small torch
+  operations, as a GPU's launching thread runs, fell to 1/200 of its rate.
 - isal: PNG's Up filter (numpy), then a zlib stream from ISA-L at level 1,
-  which releases the GIL: 2.1 ms, files the size of fpng's; the model beside
-  it took 1.07x its time.
+  which releases the GIL: 1.6-2.1 ms, files 5-10% smaller than fpng's; the
+  model beside it took 1.07-1.17x its time.
 - pillow: zlib level 1 with the run-length strategy, 17.6 ms, files about
-  15% smaller: `output.png_compression: zlib`, and the fallback.
+  15% smaller than fpng's: `output.png_compression: zlib`, and the fallback.
 
 `fast` (the default) takes fpng where the model runs on the CPU, the least
 CPU time (there the writer's threads mostly run between the model's

@@ -61,11 +61,10 @@ def test_fast_picks_by_where_the_writer_runs_and_falls_back(monkeypatch):
     assert png.encoder("fast") == "fpng" and png.encoder("zlib") == "pillow"
     assert png.encoder("fast", beside_model=True) == "isal"  # it leaves the model the GIL
     assert png.encoder("zlib", beside_model=True) == "pillow"
-    monkeypatch.setattr(png, "_isal", None)  # a platform without one wheel: the other
+    monkeypatch.setattr(png, "_isal", None)  # a platform without ISA-L's wheel: fpng on a GPU too
     assert png.encoder("fast", beside_model=True) == "fpng"
-    monkeypatch.setattr(png, "_isal", png._isal)
     monkeypatch.undo()
-    monkeypatch.setattr(png, "_fpng", None)
+    monkeypatch.setattr(png, "_fpng", None)  # without fpng's: ISA-L on the CPU too
     assert png.encoder("fast") == "isal"
     monkeypatch.setattr(png, "_isal", None)  # neither: Pillow
     assert png.encoder("fast") == "pillow" and png.encoder("fast", beside_model=True) == "pillow"
