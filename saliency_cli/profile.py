@@ -6,7 +6,8 @@ main process), transfer (inputs to the device), attribution (the methods,
 the maps back to the host), render (overlays), encode (PNG), write (files,
 renames, manifest), idle (the main thread waiting for decoded images or for
 the writer). Decoding, rendering, encoding and writing run in other
-processes or threads while the model computes, so the shares can sum past
+processes or threads, several at once (beside the model on a GPU, between
+its batches on the CPU: loading.ThreadedLoader), so the shares can sum past
 100% of the wall time. On a GPU the host only queues work: device time
 shows up where the host waits for it (the maps' copy back, in attribution).
 """
@@ -41,8 +42,8 @@ class Profile:
     def table(self, wall: float, notes: dict[str, str] | None = None) -> str:
         """The phases as seconds and share of `wall`, one line each."""
         notes = notes or {}
-        lines = [f"where the time went ({wall:.1f} s wall; decoding, rendering and writing run beside the "
-                 "model, so shares can sum past 100%):"]
+        lines = [f"where the time went ({wall:.1f} s wall; decoding, rendering and writing run on several "
+                 "threads or processes, so shares can sum past 100%):"]
         for phase in PHASES:
             seconds = self.seconds[phase]
             share = 100 * seconds / wall if wall > 0 else 0.0
