@@ -6,7 +6,7 @@
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log), STEP.json where the script writes one, and machine.md (the
 # GPU, driver and versions). STEP is any of
-#   tests effnet host resnet50 layouts amp evaluate vit workers large convnext suite
+#   tests effnet host resnet50 chunks layouts amp evaluate vit workers large convnext suite
 # (default: all but suite, in that order: the most wanted first). A device
 # lease is short, so the run keeps to a budget: BUDGET seconds in all
 # (default 420) and STEP_TIMEOUT seconds per step (default 150); a step that
@@ -22,7 +22,7 @@ PY=${PYTHON:-python}
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 layouts amp evaluate vit workers large convnext)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 chunks layouts amp evaluate vit workers large convnext)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 BUDGET=${BUDGET:-420}
@@ -53,6 +53,7 @@ step() {
     convnext) $PY benchmarks/run.py --device cuda --model convnext_tiny --batch 32 --json "$results/convnext.json" \
                 --methods gradient guided-backprop smoothgrad grad-cam guided-grad-cam ;;
     host)     $PY benchmarks/host_threads.py ;;  # the writer's threads on this host's cores
+    chunks)   $PY benchmarks/chunk_size.py --auto --device cuda --repeats 2 --masks 500 ;;  # sizes from free memory
     layouts)  $PY benchmarks/layouts.py --device cuda --batch 32 ;;
     amp)      $PY benchmarks/amp_fidelity.py --device cuda ;;
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
@@ -60,7 +61,7 @@ step() {
     vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
     evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
                 --json "$results/evaluate.json" ;;
-    *)        echo "unknown step: $1 (tests effnet host resnet50 layouts amp evaluate vit workers large convnext suite)" >&2; return 2 ;;
+    *)        echo "unknown step: $1 (tests effnet host resnet50 chunks layouts amp evaluate vit workers large convnext suite)" >&2; return 2 ;;
   esac
 }
 

@@ -12,6 +12,9 @@ Rule for the automatic size:
   CPU caches, so bigger calls only cost time and memory.
 - Any CUDA out-of-memory error halves the call size and retries the same
   items (logged once), down to a single item.
+
+`chosen` keeps the size each kind of job last ran at (`--debug` logs it when
+it changes; benchmarks/chunk_size.py --auto compares it with fixed sizes).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = logging.getLogger("saliency")
 
 CPU_CHUNK = 8
 _CUDA_BUDGET = 0.7
+
+chosen: dict[str, int] = {}  # `what` -> items per call at the end of its last run
 
 
 def run_in_chunks(
@@ -70,4 +75,7 @@ def run_in_chunks(
             per_item = max(1, peak // (stop - start))
             size = max(1, int(free * _CUDA_BUDGET // per_item))
             measure = False
+            if chosen.get(what) != size:
+                log.debug("%d %s per call: %.1f MiB each, %.0f MiB free", size, what, per_item / 2**20, free / 2**20)
         start = stop
+    chosen[what] = size

@@ -28,10 +28,16 @@ def test_methods_match_the_cpu(name):
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-3, atol=1e-5)
 
 
-def test_smoothgrad_sizes_its_chunks_from_free_memory():
+def test_smoothgrad_sizes_its_chunks_from_free_memory(caplog):
+    from saliency_cli.memory import chosen
+
     model = seeded(TinyCNN(), 0).eval().cuda()
     x = torch.randn(4, 3, 32, 32, device="cuda")
-    auto = sal.attribute(model, x, "smoothgrad", n=40)
+    chosen.pop("noisy copies", None)
+    with caplog.at_level("DEBUG", logger="saliency"):
+        auto = sal.attribute(model, x, "smoothgrad", n=40)
+    assert chosen["noisy copies"] > 4  # a tiny model: far more than the first call's probe of one batch
+    assert f"{chosen['noisy copies']} noisy copies per call" in caplog.text and "MiB free" in caplog.text
     fixed = sal.attribute(model, x, "smoothgrad", n=40, noise_batch=7)
     torch.testing.assert_close(auto, fixed, rtol=1e-4, atol=1e-6)
 

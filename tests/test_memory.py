@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import saliency_cli as sal
-from saliency_cli.memory import CPU_CHUNK, run_in_chunks
+from saliency_cli.memory import CPU_CHUNK, chosen, run_in_chunks
 
 from .helpers import TinyCNN, seeded
 
@@ -32,6 +32,17 @@ def test_out_of_memory_halves_the_chunk_and_retries_once_logged(caplog):
     assert done == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
     assert caplog.text.count("CUDA out of memory") == 1
     assert "retrying with 8 copies per call" in caplog.text
+    assert chosen["copies"] == 2  # the size the job ended at, after halving
+
+
+def test_the_size_each_job_ran_at_is_kept():
+    run_in_chunks(20, lambda a, b: None, device=torch.device("cpu"), what="test items")
+    assert chosen["test items"] == CPU_CHUNK
+    run_in_chunks(20, lambda a, b: None, device=torch.device("cpu"), chunk=5, what="test items")
+    assert chosen["test items"] == 5
+    model = seeded(TinyCNN(), 0).eval()
+    sal.attribute(model, torch.randn(2, 3, 10, 10), "smoothgrad", n=3, noise_batch=4)
+    assert chosen["noisy copies"] == 4
 
 
 def test_a_chunk_of_one_that_does_not_fit_is_an_error():
