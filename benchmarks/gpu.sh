@@ -47,7 +47,7 @@ step() {
   case "$1" in
     tests)    $PY -m pytest -m cuda -q -p no:cacheprovider ;;
     suite)    $PY -m pytest -q -p no:cacheprovider -x ;;  # about 6 minutes on 2 cores: STEP_TIMEOUT=600
-    effnet)   $PY benchmarks/run.py --device cuda --batch 32 --repeats 3 --json "$results/effnet.json" ;;
+    effnet)   $PY benchmarks/run.py --device cuda --batch 32 --repeats 3 --e2e-images 256 --json "$results/effnet.json" ;;
     resnet50) $PY benchmarks/run.py --device cuda --model resnet50 --batch 32 --repeats 3 --fc-layer fc \
                 --json "$results/resnet50.json" ;;
     convnext) $PY benchmarks/run.py --device cuda --model convnext_tiny --batch 32 --json "$results/convnext.json" \
