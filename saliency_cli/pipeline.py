@@ -208,7 +208,7 @@ def _explain(task: tasks.Task, work: list[Work], bound: dict[str, tasks.Bound], 
     bar = tasks.Progress(units, task.unit, show=progress)
     figures = Figures(out, writer, task.device, summary.profile)
     state = tasks.Run(model, bound, labels, target, work, writer, figures, bar, summary.profile)
-    summary.decoders, summary.decode_threads = loader.num_workers, getattr(loader, "threads", 1)
+    summary.decoders, summary.decode_threads = loader.num_workers, threads or 1
     try:
         _stream(loader, task, state, summary, fail_fast)
     finally:

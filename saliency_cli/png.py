@@ -68,10 +68,15 @@ def encoder(compression: Compression, beside_model: bool = False) -> Encoder:
     return next((name for name in preferred if name in installed()), "pillow")
 
 
+def named(using: Encoder | Compression) -> Encoder:
+    """`using` if it names an encoder, else the one its compression setting picks here."""
+    return encoder(using) if using in ("fast", "zlib") else using
+
+
 def encode(image: np.ndarray | Image.Image, using: Encoder | Compression = "fast") -> bytes:
     """An RGB image (uint8 [h,w,3] or a PIL image) as PNG bytes, by the
     encoder named `using`, or the one a compression setting picks."""
-    name = encoder(using) if using in ("fast", "zlib") else using
+    name = named(using)
     if name == "pillow":
         if not isinstance(image, Image.Image):
             image = Image.fromarray(image, "RGB")

@@ -71,7 +71,7 @@ class Writer:
                  max_pending_bytes: int = MAX_PENDING_BYTES, lock: OutLock | None = None,
                  png_encoder: png.Encoder | png.Compression = "fast", profile: Profile | None = None):
         self.out = Path(out_dir)
-        self.png_encoder = png.encoder(png_encoder) if png_encoder in ("fast", "zlib") else png_encoder
+        self.png_encoder = png.named(png_encoder)
         log.debug("PNGs are encoded by %s", self.png_encoder)
         self.profile = profile or Profile()
         self.out.mkdir(parents=True, exist_ok=True)
