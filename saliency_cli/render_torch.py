@@ -7,8 +7,9 @@ The formulas are render.py's, step for step, in float32: display scaling
 (`to_unit`; the percentile by linear interpolation between order
 statistics, as numpy's), bilinear resizing onto the shown box (antialiased
 when shrinking, as Pillow's), the nearest of the colormap's 256 entries,
-and the same blend (the same 64 Ki-entry table where the blend depends only
-on the two bytes). The two renderers agree to the last bit except where
+and the same blends, by render.py's lookup tables (CAM-style maps: by the
+photo's byte and the colour's; pixel-space ones: by the photo's byte and
+the pixel's colormap entry, a table per channel). The two renderers agree to the last bit except where
 tiny float differences in the resized map (float32 here, float64 inside
 Pillow) move a pixel across the rounding point between two colormap
 entries; tests/test_render_torch.py bounds how often and by how much.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .render import COLORMAPS, DIVERGING, Style, _blend_table
+from .render import COLORMAPS, DIVERGING, Style, _blend_table, weighted_table
 
 
 def to_unit(values: torch.Tensor, style: Style, percentile: float) -> torch.Tensor:
@@ -42,17 +43,17 @@ def to_unit(values: torch.Tensor, style: Style, percentile: float) -> torch.Tens
 
 
 def _percentile(values: torch.Tensor, percentile: float) -> torch.Tensor:
-    """numpy.percentile's default (linear): the order statistics around
-    q * (n - 1), interpolated. A sort, so any size works (torch.quantile
-    stops at 16 million elements)."""
+    """render.percentile_of (numpy.percentile's default, linear): the order
+    statistics around (n - 1) q / 100, interpolated in float32. A sort, so
+    any size works (torch.quantile stops at 16 million elements)."""
     flat = values.flatten().sort().values
-    position = percentile / 100.0 * (flat.numel() - 1)
-    below = int(np.floor(position))
+    position = (flat.numel() - 1) * (percentile / 100)
+    below = min(int(np.floor(position)), flat.numel() - 1)
     above = min(below + 1, flat.numel() - 1)
     t = position - below
     low, high = flat[below], flat[above]
-    step = (high - low).double()  # numpy: the difference in the array's dtype, the rest in float64
-    return low.double() + step * t if t < 0.5 else high.double() - step * (1 - t)
+    step = high - low
+    return low + step * t if t < 0.5 else high - step * (1 - t)
 
 
 def render_overlays(maps: Sequence[torch.Tensor], styles: Sequence[Style], percentiles: Sequence[float],
@@ -80,22 +81,15 @@ def render_overlays(maps: Sequence[torch.Tensor], styles: Sequence[Style], perce
     canvas = photo.to(device)[None].repeat(len(maps), 1, 1, 1)
     region = canvas[:, top:bottom, left:right]
     for i in range(len(maps)):
-        region[i] = _blend(region[i], units[i], heat[i], styles[i], alpha, weighted[i])
+        if weighted[i]:  # render._weighted_blend: the same table, looked up by (entry, photo byte)
+            colors = DIVERGING if styles[i] == "signed" else colormap
+            table = _weighted(colors, styles[i], float(alpha), device)
+            key = (index[i].long() << 8)[..., None] | region[i].long()
+            region[i] = table.gather(1, key.reshape(-1, 3).T).T.reshape(region[i].shape)
+        else:  # render._blend: each byte from (photo byte, heat byte)
+            key = (region[i].to(torch.int32) << 8) | heat[i].to(torch.int32)
+            region[i] = _table(float(alpha), device)[key.long()]
     return canvas
-
-
-def _blend(photo: torch.Tensor, unit: torch.Tensor, heat: torch.Tensor, style: Style, alpha: float,
-           weighted: bool) -> torch.Tensor:
-    """render._blend, in the same float32 steps."""
-    if not weighted:
-        index = (photo.to(torch.int32) << 8) | heat.to(torch.int32)
-        return _table(float(alpha), photo.device)[index.long()]
-    strength = (2 * unit - 1).abs() if style == "signed" else unit
-    keep = (1 - alpha) * (1 - strength)
-    blended = photo.float() * keep[..., None]
-    blended += heat.float() * strength[..., None]
-    blended += 0.5
-    return blended.to(torch.uint8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,3 +100,8 @@ def _colormap(name: str, device: torch.device) -> torch.Tensor:
 @functools.lru_cache(maxsize=16)
 def _table(alpha: float, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(_blend_table(alpha)).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _weighted(colormap: str, style: Style, alpha: float, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(weighted_table(colormap, style, alpha)).to(device)

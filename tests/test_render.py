@@ -71,8 +71,8 @@ def test_cam_style_blend_is_the_rounded_mix_of_photo_and_colour(alpha):
 
     pairs = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).reshape(-1, 2)
     photo = np.repeat(pairs[:, :1], 3, axis=1).astype(np.uint8)[None]  # [1, 65536, 3]
-    unit = (pairs[:, 1] / 255.0).astype(np.float32)[None]  # gray: colour byte = heat byte
-    got = render._blend(photo, unit, "gray", "positive", alpha, weighted=False)[0, :, 0].astype(int)
+    heat = np.repeat(pairs[:, 1:], 3, axis=1).astype(np.uint8)[None]
+    got = render._blend(photo, heat, alpha)[0, :, 0].astype(int)
     want = np.floor(pairs[:, 0] * (1 - alpha) + pairs[:, 1] * alpha + 0.5)
     # the float32 arithmetic of the table may round a tie the other way; alpha 0.5 has exact ties
     assert np.abs(got - want).max() <= (0 if alpha == 0.5 else 1)
@@ -107,16 +107,73 @@ def test_pillow_quiet_is_shared_by_threads_and_restores_the_filters():
 
 
 @pytest.mark.parametrize("style", ["positive", "signed"])
-def test_weighted_blend_is_its_float32_formula(style):
-    """round(photo * (1 - alpha) * (1 - s) + heat * s) in float32, s the pixel's strength."""
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_weighted_blend_is_its_float32_formula(style, alpha):
+    """round(photo * (1 - alpha) * (1 - s) + heat * s) in float32, s the
+    strength of the pixel's colormap entry e: e / 255, or |2 e / 255 - 1|
+    for signed maps; computed here per pixel, looked up by the renderer."""
     import saliency_cli.render as render
 
     rng = np.random.default_rng(5)
     photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    unit = rng.random((37, 53), dtype=np.float32)
-    got = render._blend(photo, unit, "jet", style, 0.3, weighted=True)
+    entry = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    colormap = "bwr" if style == "signed" else "jet"
+    got = render._weighted_blend(photo, entry, render.weighted_table(colormap, style, alpha))
+    unit = entry.astype(np.float32) / np.float32(255)
     s = np.abs(2 * unit - 1) if style == "signed" else unit
-    heat = colorize(unit, "jet").astype(np.float32)
-    keep = np.float32(0.7) * (1 - s)
+    heat = COLORMAPS[colormap][entry].astype(np.float32)
+    keep = np.float32(1 - alpha) * (1 - s)
     want = (photo.astype(np.float32) * keep[..., None] + heat * s[..., None] + np.float32(0.5)).astype(np.uint8)
     assert np.array_equal(got, want)
+
+
+def test_entries_are_the_nearest_colormap_entries_of_the_resized_map():
+    """entries() resizes 255 * unit + 0.5 and lets Pillow truncate: the same
+    entries as resizing the map and rounding, but for float ties."""
+    from PIL import Image
+
+    import saliency_cli.render as render
+
+    rng = np.random.default_rng(6)
+    unit = rng.random((31, 45), dtype=np.float32)
+    unit[0, :5] = [0.0, 1.0, 0.5 / 255, 254.5 / 255, 1e-9]
+    for size in [(45, 31), (300, 200), (20, 11)]:  # the same, larger and smaller (antialiased)
+        got = np.asarray(render.entries(unit, size))
+        resized = np.asarray(Image.fromarray(unit, mode="F").resize(size, Image.BILINEAR))
+        want = np.clip(resized * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
+        assert got.shape == want.shape[:2] and np.abs(got.astype(int) - want).max() <= 1
+        assert (got != want).mean() < 1e-3
+    assert np.asarray(render.entries(unit, (45, 31)))[0, :2].tolist() == [0, 255]
+
+
+def test_percentile_of_is_numpys_to_the_bit():
+    from saliency_cli.render import percentile_of
+
+    rng = np.random.default_rng(7)
+    for i in range(400):
+        values = (rng.standard_normal(int(rng.integers(1, 900))) * 10.0 ** rng.uniform(-20, 20)).astype(np.float32)
+        if i % 3 == 0:
+            values = np.round(values)  # ties
+        q = float(rng.choice([0.0, 50.0, 99.0, 100.0, rng.uniform(0, 100)]))
+        assert percentile_of(values.reshape(1, -1), q) == float(np.percentile(values, q))
+
+
+@pytest.mark.parametrize("style", ["positive", "signed"])
+def test_weighted_overlay_is_within_one_level_of_the_exact_strength(style):
+    """The overlay takes each pixel's strength from its colormap entry (a
+    lookup): at most 1 level from blending with the pixel's own resized value."""
+    from PIL import Image
+
+    rng = np.random.default_rng(8)
+    photo = rng.integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    values = rng.standard_normal((24, 24)).astype(np.float32) ** 3
+    if style == "positive":
+        values = np.abs(values)
+    got = render_heatmap(values, style=style, colormap="jet", size=(170, 120), box=(0, 0, 170, 120),
+                         original=photo, alpha=0.4, weighted=True)
+    unit = np.asarray(Image.fromarray(to_unit(values, style, 99.0), mode="F").resize((170, 120), Image.BILINEAR))
+    s = np.abs(2 * unit - 1) if style == "signed" else unit
+    heat = colorize(unit, "bwr" if style == "signed" else "jet").astype(np.float32)
+    exact = np.floor(photo * (0.6 * (1 - s))[..., None] + heat * s[..., None] + 0.5)
+    gap = np.abs(got.astype(int) - exact)
+    assert gap.max() <= 1 and (gap > 0).any()  # the lookup differs, by at most a level
