@@ -116,21 +116,14 @@ def shown_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def colorize(unit: np.ndarray, colormap: str) -> np.ndarray:
-    """[h,w] in [0,1] -> uint8 [h,w,3]: the nearest of the 256 entries."""
-    index = unit * np.float32(255.0)  # in place from here: one float temporary, not three
-    index += np.float32(0.5)
-    np.clip(index, 0, 255, out=index)
-    return np.take(COLORMAPS[colormap], index.astype(np.uint8), axis=0)  # 3x faster than fancy indexing
-
-
 def entries(unit: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """The colormap entry of each pixel of `unit` ([h,w] in [0,1]) resized
-    bilinearly to `size` (w, h), as an "L" image: round(255 * unit), as
-    `colorize` picks it. Resized as 255 * unit + 0.5 (bilinear weights sum
-    to 1: the same map up to float rounding), so that Pillow's conversion to
-    bytes, which clips and truncates, rounds; all in Pillow's C loops, 1.9x
-    the speed of resizing, scaling and indexing the float map in numpy."""
+    bilinearly to `size` (w, h), as an "L" image: round(255 * unit), the
+    nearest of the 256 entries. Resized as 255 * unit + 0.5 (bilinear
+    weights sum to 1: the same map up to float rounding), so that Pillow's
+    conversion to bytes, which clips and truncates, rounds; all in Pillow's
+    C loops, 2.3x the speed of resizing the map, then scaling, clipping and
+    rounding it in numpy (0.68 against 1.58 ms for 600x400)."""
     scaled = unit * np.float32(255.0)
     scaled += np.float32(0.5)
     return Image.fromarray(scaled, mode="F").resize(size, Image.BILINEAR).convert("L")
@@ -187,7 +180,7 @@ _BAND_PIXELS = 1 << 15
 
 def _colours(index: Image.Image, colormap: str) -> np.ndarray:
     """uint8 [h,w,3]: the colormap's colour of each entry of `index` (Pillow's
-    palette lookup, 6x numpy's take; `index` becomes that palette image)."""
+    palette lookup, 2x numpy's take; `index` becomes that palette image)."""
     index.putpalette(_palette(colormap))
     return np.asarray(index.convert("RGB"))
 

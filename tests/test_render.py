@@ -3,7 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saliency_cli.render import COLORMAPS, colorize, render_heatmap, to_unit
+from saliency_cli.render import COLORMAPS, render_heatmap, to_unit
+
+
+def colorize(unit: np.ndarray, colormap: str) -> np.ndarray:
+    """The reference colouring: [h,w] in [0,1] -> the nearest of the colormap's 256 entries."""
+    return COLORMAPS[colormap][np.clip(np.floor(unit.astype(np.float64) * 255 + 0.5), 0, 255).astype(int)]
 
 
 def test_positive_scaling_clips_at_the_percentile_and_keeps_the_raw_map():
@@ -28,7 +33,9 @@ def test_minmax_and_constant_maps():
 def test_jet_runs_blue_to_red():
     lut = COLORMAPS["jet"]
     assert lut[0].argmax() == 2 and lut[-1].argmax() == 0
-    assert colorize(np.array([[0.0, 1.0]]), "jet").shape == (1, 2, 3)
+    bare = render_heatmap(np.array([[0.0, 1.0]], np.float32), style="minmax", colormap="jet", size=(2, 1),
+                          box=(0, 0, 2, 1))
+    assert bare.tolist() == [[lut[0].tolist(), lut[-1].tolist()]]
 
 
 def test_overlay_at_original_size_only_inside_the_box():
