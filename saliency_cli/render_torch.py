@@ -9,10 +9,11 @@ statistics, as numpy's), bilinear resizing onto the shown box (antialiased
 when shrinking, as Pillow's), the nearest of the colormap's 256 entries,
 and the same blends, by render.py's lookup tables (CAM-style maps: by the
 photo's byte and the colour's; pixel-space ones: by the photo's byte and
-the pixel's colormap entry, a table per channel). The two renderers agree to the last bit except where
-tiny float differences in the resized map (float32 here, float64 inside
-Pillow) move a pixel across the rounding point between two colormap
-entries; tests/test_render_torch.py bounds how often and by how much.
+the pixel's colormap entry, a table per channel). The two renderers agree
+to the last bit except where tiny float differences in the resized map
+(float32 here, float64 inside Pillow) move a pixel across the rounding
+point between two colormap entries; tests/test_render_torch.py bounds how
+often and by how much.
 """
 
 from __future__ import annotations
