@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--npy-only", action="store_true", help="--set output.png=false")
     ap.add_argument("--encoder", choices=png.installed(), help="the PNG encoder (default: what `fast` picks)")
     args = ap.parse_args()
+    if args.images < 3 * args.batch:
+        ap.error("--images: at least three batches (the first and the last are left out)")
     reuse_freed_memory()
     if args.encoder:
         png.encoder = lambda compression, beside_model=False: args.encoder
