@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import device_decode
+from . import device_decode, png
 from .discovery import InputItem
 from .errors import InputError
 from .render import open_image, pillow_quiet, shown_size
@@ -29,11 +29,20 @@ log = logging.getLogger("saliency")
 
 def load_image(path: str) -> Image.Image:
     """Decode as displayed (EXIF orientation applied) and as 8-bit RGB."""
+    return decode_photo(path)[0]
+
+
+def decode_photo(path: str) -> tuple[Image.Image, np.ndarray | None]:
+    """load_image's image, and its pixels (uint8 [h,w,3]) where they came
+    first, from libpng (a plain PNG: _plain_png)."""
     try:
+        pixels = _plain_png(path)
+        if pixels is not None:
+            return Image.fromarray(pixels, "RGB"), pixels
         with pillow_quiet():  # PIL's warnings (big image, odd palette) would print raw
             with open_image(path) as img:
                 img.load()
-                return to_rgb(_upright(img))
+                return to_rgb(_upright(img)), None
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
@@ -49,6 +58,17 @@ def load_image(path: str) -> Image.Image:
         raise InputError("empty file" if size == 0 else "not an image, or an unsupported format") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InputError(f"cannot decode image: {exc}") from None
+
+
+def _plain_png(path: str) -> np.ndarray | None:
+    """A plain PNG photo's pixels by png.decode_plain (most photos stored as
+    PNGs: the same pixels as Pillow's, in a third to two thirds of the time),
+    else None: Pillow decodes every other file."""
+    with open(path, "rb") as f:
+        if f.read(8) != png.SIGNATURE:
+            return None
+        f.seek(0)
+        return png.decode_plain(f.read(), Image.MAX_IMAGE_PIXELS)
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -144,12 +164,12 @@ class ImageDataset(torch.utils.data.Dataset):
     def _decode(self, item: dict[str, Any]) -> None:
         """The CPU path: decode, preprocess and keep the photo, or set `error`."""
         try:
-            img = load_image(self.items[item["index"]].path)
+            img, pixels = decode_photo(self.items[item["index"]].path)
             prepare = preprocess_detection if self.detection else preprocess
             item["input"], item["box"] = prepare(img, self.cfg)
             item["size"] = img.size
             if self.keep_original:
-                item["original"] = _shown(img, self.max_side)
+                item["original"] = _shown(img, self.max_side, pixels)
         except InputError as exc:
             item["error"] = str(exc)
 
@@ -176,10 +196,13 @@ class ImageDataset(torch.utils.data.Dataset):
             item["original"] = device_decode.shown(image, shown_size(item["size"], self.max_side))
 
 
-def _shown(img: Image.Image, max_side: int | None) -> torch.Tensor:
+def _shown(img: Image.Image, max_side: int | None, pixels: np.ndarray | None = None) -> torch.Tensor:
     """The photo as its PNGs show it: uint8 [h,w,3], scaled down to
-    `max_side` (a 24-megapixel photo need not cost 24-megapixel PNGs)."""
+    `max_side` (a 24-megapixel photo need not cost 24-megapixel PNGs);
+    `pixels`, the image's own where decoding gave them, saves a copy."""
     size = shown_size(img.size, max_side)
+    if size == img.size and pixels is not None:
+        return torch.from_numpy(pixels)
     if size != img.size:
         img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())

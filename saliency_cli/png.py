@@ -1,5 +1,6 @@
-"""PNG encoding. Every PNG the tool writes (overlays, bare heatmaps,
-detection PNGs, grids) goes through `encode`.
+"""PNG encoding and decoding. Every PNG the tool writes (overlays, bare
+heatmaps, detection PNGs, grids) goes through `encode`; photos stored as
+PNGs are read through `decode_plain` where it can (end of this module).
 
 Three encoders, all lossless (the pixels are the same; the time, the file
 size and Python's GIL differ; BENCHMARKS.md, a 600x400 photo overlay):
@@ -27,6 +28,7 @@ then to Pillow.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from typing import Literal
 
@@ -50,8 +52,12 @@ try:
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - depends on the platform
     _isal = None
+try:  # libpng with zlib-ng (wheels for Linux, macOS and Windows, x86_64 and arm64)
+    import imagecodecs as _imagecodecs
+except ImportError:  # pragma: no cover - depends on the platform
+    _imagecodecs = None
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def installed() -> list[Encoder]:
@@ -101,10 +107,81 @@ def _isal_png(array: np.ndarray) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
-    return b"".join((_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", _isal.compress(filtered, 1)),
+    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", _isal.compress(filtered, 1)),
                      _chunk(b"IEND", b"")))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     crc = _isal.crc32(data, _isal.crc32(kind))  # 15x zlib's speed; both release the GIL on long data
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+# ------------------------------------------------------------------ decoding photos
+
+# Chunks that leave what Pillow decodes as it was: the pixels and the orientation
+# (Pillow applies neither gamma nor colour profiles). Text chunks are plain too but
+# where Pillow may read an orientation from them (_plain_text).
+_PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs",
+                           b"tIME", b"bKGD"})
+_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def decode_plain(data: bytes, max_pixels: int | None) -> np.ndarray | None:
+    """uint8 [h,w,3]: the pixels of a plain PNG photo (8-bit RGB or RGBA,
+    not interlaced, no transparency key, no orientation, no animation, at
+    most `max_pixels`), the alpha channel dropped, as Pillow decodes and
+    converts it to RGB; decoded by libpng (imagecodecs), which releases the
+    GIL and unfilters rows 1.3-3x as fast as Pillow's decoder (BENCHMARKS.md).
+    None for any other PNG, or where libpng finds fault: Pillow decodes those
+    (and names the fault)."""
+    if _imagecodecs is None or not _plain(data, max_pixels):
+        return None
+    try:
+        pixels = _imagecodecs.png_decode(data)
+    except Exception:  # a damaged file: Pillow's decoder gives the error its message
+        return None
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        return None  # pragma: no cover - _plain lets only 8-bit RGB(A) through
+    return pixels if pixels.shape[2] == 3 else np.ascontiguousarray(pixels[..., :3])
+
+
+def _plain(data: bytes, max_pixels: int | None) -> bool:
+    """Whether the PNG in `data` is one `decode_plain` takes: its header and
+    every chunk, up to IEND, checked (a few dozen chunk headers for a photo)."""
+    if not data.startswith(SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
+        return False
+    width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if depth != 8 or colour not in (2, 6) or interlace or (max_pixels and width * height > max_pixels):
+        return False
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"IEND":
+            return True
+        if kind in _TEXT_CHUNKS:
+            if not _plain_text(kind, data[position + 8:position + 8 + length]):
+                return False
+        elif kind not in _PLAIN_CHUNKS:
+            return False
+        position += 12 + length
+    return False  # no IEND: truncated
+
+
+def _plain_text(kind: bytes, body: bytes) -> bool:
+    """Whether a text chunk leaves the orientation alone. Pillow reads one
+    from EXIF stored as text ("Raw profile type exif") and from XMP
+    ("XML:com.adobe.xmp", which photo editors add to most PNGs they save)
+    where it holds a tiff:Orientation other than 1 (upright): uncompressed
+    XMP is searched as Pillow searches it."""
+    keyword, _, text = body.partition(b"\0")
+    if keyword == b"Raw profile type exif":
+        return False
+    if keyword != b"XML:com.adobe.xmp":
+        return True
+    if kind == b"zTXt" or (kind == b"iTXt" and text[:1] != b"\0"):  # compressed
+        return False
+    found = _XMP_ORIENTATION.search(text)
+    return found is None or found[2] not in b"2345678"
+
+
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # Pillow's Image.getexif

@@ -1,0 +1,66 @@
+"""Decoding PNG photos: libpng (imagecodecs) against Pillow's decoder.
+
+`saliency explain` decodes a plain PNG photo (8-bit RGB or RGBA, nothing
+that turns it) with libpng through imagecodecs, and every other file with
+Pillow (png.decode_plain, data.load_image). This times both on the sample
+PNGs and on one of them enlarged to 12 megapixels (saved by Pillow at its
+default level), one thread, median of the repeats, and checks that they
+give the same pixels:
+
+    python benchmarks/png_decode.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+
+import numpy as np
+from PIL import Image
+
+from saliency_cli import png
+
+from common import sample_photos
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=21)
+    args = ap.parse_args()
+    if png._imagecodecs is None:
+        raise SystemExit("imagecodecs is not installed: every PNG decodes with Pillow")
+    photos = {path.name: path.read_bytes() for path in sample_photos() if path.suffix == ".png"}
+    large = io.BytesIO()
+    Image.open(io.BytesIO(photos["coffee.png"])).convert("RGB").resize((4000, 3000), Image.BICUBIC).save(large, "PNG")
+    photos["coffee.png at 4000x3000"] = large.getvalue()
+    print("| PNG | size | libpng, ms (as load_image: to a PIL image) | Pillow, ms | Pillow / libpng |")
+    print("|---|---|---|---|---|")
+    for name, content in photos.items():
+        assert png._plain(content, Image.MAX_IMAGE_PIXELS), name
+
+        def ours() -> Image.Image:  # what load_image does with a plain PNG's bytes
+            return Image.fromarray(png.decode_plain(content, Image.MAX_IMAGE_PIXELS), "RGB")
+
+        def pillow() -> Image.Image:
+            with Image.open(io.BytesIO(content)) as img:
+                return img.convert("RGB")
+
+        same = np.array_equal(np.asarray(ours()), np.asarray(pillow()))
+        assert same, f"{name}: the decoders disagree"
+        a, b = median_ms(ours, args.repeats), median_ms(pillow, args.repeats)
+        print(f"| {name} | {'x'.join(map(str, pillow().size))} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
