@@ -29,7 +29,7 @@ from saliency_cli.methods.registry import Attribution, Method, as_logits, select
 from .conftest import SAMPLES
 
 PACKAGE = Path(__file__).resolve().parent.parent / "saliency_cli"
-GENERATED = {"colormap_data.py"}  # data tables
+GENERATED = {"colormap_data.py", "label_names.py"}  # data tables
 
 
 def module_name(path: Path) -> str:
