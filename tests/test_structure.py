@@ -101,6 +101,33 @@ def test_no_import_cycles_anywhere():
             visit(module)
 
 
+def test_the_command_line_starts_without_torch_until_a_command_needs_it(tmp_path):
+    """`import saliency_cli` and the CLI's modules leave torch unloaded (1.8 s
+    to import): `saliency --help` and `saliency verify` run without it, and the
+    API's names load it on first use."""
+    import subprocess
+    import sys
+
+    (tmp_path / "manifest.jsonl").write_text("")
+    script = f"""
+import sys
+from typer.testing import CliRunner
+import saliency_cli
+from saliency_cli.cli import app
+assert "torch" not in sys.modules, "imported torch"
+for args in (["--help"], ["explain", "--help"], ["verify", {str(tmp_path)!r}, "-q"]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+    assert "torch" not in sys.modules, args
+import saliency_cli.methods.registry  # the subpackage of the same name, imported after the package
+assert "gradient" in saliency_cli.methods() and "torch" in sys.modules
+from saliency_cli import Detections, attribute, explain_detections
+assert attribute.__module__ == "saliency_cli.api" and "attribute" in dir(saliency_cli)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_modules_and_functions_stay_small():
     too_long = []
     for path in package_files():
