@@ -32,6 +32,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn`, in ms (CPU work: nothing to wait for)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def sample_photos() -> list[Path]:
     """The bundled photos (sample_images/), sorted."""
     return sorted(p for p in (ROOT / "sample_images").iterdir() if p.suffix in (".png", ".jpg"))

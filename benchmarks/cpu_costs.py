@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -27,16 +26,7 @@ from saliency_cli.render import render_heatmap
 from saliency_cli.render_torch import render_overlays
 from saliency_cli.runtime import reuse_freed_memory
 
-from common import sample_photos
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from common import median_ms, sample_photos
 
 
 def pillow_only(path) -> Image.Image:

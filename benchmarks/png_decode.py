@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import time
 
 import numpy as np
 from PIL import Image
 
 from saliency_cli import png
 
-from common import sample_photos
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from common import median_ms, sample_photos
 
 
 def main() -> None:
