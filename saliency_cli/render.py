@@ -30,8 +30,14 @@ def to_unit(values: np.ndarray, style: Style, percentile: float = 99.0) -> np.nd
               SmoothGrad paper visualises; negatives (if any) clip to 0.
     signed:   0 -> 0.5, +-the `percentile`-th |value| -> 1 / 0.
     minmax:   min -> 0, max -> 1 (CAM, whose raw scores have no natural zero).
+
+    NaN and +-inf (a method's division by zero) are shown as 0, as the torch
+    renderer shows them: one such pixel must not wash out the rest (the
+    `.npy` keeps them).
     """
-    values = np.nan_to_num(values.astype(np.float32, copy=False))
+    values = values.astype(np.float32, copy=False)
+    if not np.isfinite(values).all():  # checked first: nan_to_num copies the map in six passes
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     if style == "minmax":
         low, high = float(values.min()), float(values.max())
         return (values - low) / (high - low) if high > low else np.zeros_like(values)

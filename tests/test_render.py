@@ -184,3 +184,25 @@ def test_weighted_overlay_is_within_one_level_of_the_exact_strength(style):
     exact = np.floor(photo * (0.6 * (1 - s))[..., None] + heat * s[..., None] + 0.5)
     gap = np.abs(got.astype(int) - exact)
     assert gap.max() <= 1 and (gap > 0).any()  # the lookup differs, by at most a level
+
+
+@pytest.mark.parametrize("style", ["positive", "signed", "minmax"])
+def test_nan_and_inf_show_as_zero_in_both_renderers(style):
+    """A map with NaN or +-inf (a method's division by zero) shows as the map
+    with those pixels at 0, by the numpy and the torch renderer alike (as
+    numpy.nan_to_num's float32 extremes, minmax's range overflowed float32
+    into NaN everywhere), and the map itself is left as it was."""
+    import torch
+
+    from saliency_cli import render_torch
+
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((16, 16)).astype(np.float32)
+    values[0, 0], values[1, 1], values[2, 2] = np.nan, np.inf, -np.inf
+    before = values.copy()
+    zeroed = np.where(np.isfinite(values), values, np.float32(0))
+    unit = to_unit(values, style)
+    assert np.isfinite(unit).all() and unit.min() >= 0 and unit.max() <= 1
+    np.testing.assert_array_equal(unit, to_unit(zeroed, style))
+    np.testing.assert_allclose(render_torch.to_unit(torch.from_numpy(values), style, 99.0).numpy(), unit, atol=1e-6)
+    np.testing.assert_array_equal(values, before)  # NaNs included: assert_array_equal matches them
