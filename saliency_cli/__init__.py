@@ -48,16 +48,21 @@ class _Package(types.ModuleType):
     The methods' subpackage bears that name too, and the import system sets
     the package's attribute to it when it is first imported, which is now
     after `import saliency_cli` (by the first command or API call that needs
-    the registry); the subpackage is reached through imports, never through
-    this attribute."""
+    the registry); that binding is not kept (the subpackage is reached
+    through imports, never through this attribute), any other is."""
 
     @property
     def methods(self) -> Any:
-        return __getattr__("methods")
+        return self.__dict__["methods"] if "methods" in self.__dict__ else __getattr__("methods")
 
     @methods.setter
-    def methods(self, _subpackage: Any) -> None:
-        pass
+    def methods(self, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):
+            self.__dict__["methods"] = value
+
+    @methods.deleter
+    def methods(self) -> None:
+        self.__dict__.pop("methods", None)
 
 
 sys.modules[__name__].__class__ = _Package

@@ -123,9 +123,21 @@ import saliency_cli.methods.registry  # the subpackage of the same name, importe
 assert "gradient" in saliency_cli.methods() and "torch" in sys.modules
 from saliency_cli import Detections, attribute, explain_detections
 assert attribute.__module__ == "saliency_cli.api" and "attribute" in dir(saliency_cli)
+from unittest import mock
+with mock.patch.object(saliency_cli, "methods", lambda: ["patched"]):
+    assert saliency_cli.methods() == ["patched"]
+assert "gradient" in saliency_cli.methods()
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    patched_before_loading = """
+import saliency_cli
+from unittest import mock
+with mock.patch.object(saliency_cli, "methods", lambda: ["patched"]):
+    assert saliency_cli.methods() == ["patched"]
+assert "gradient" in saliency_cli.methods()
+"""
+    for code in (script, patched_before_loading):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
 
 
 def test_modules_and_functions_stay_small():
