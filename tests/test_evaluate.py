@@ -76,6 +76,7 @@ def test_evaluate_writes_records_curves_summary_and_report(evaluated):
     summary = json.loads(result.stdout)  # --json: the summary and nothing else on stdout
     assert summary == json.loads((out / "evaluation-summary.json").read_text())
     assert list(summary["methods"]) == ["gradient", "grad-cam"]
+    assert not (out / ".tmp").exists()  # its temporary files, the summary's and the report's included, gone
     records = lines(out / "evaluation.jsonl")
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     for record in records:

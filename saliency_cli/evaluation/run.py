@@ -64,20 +64,23 @@ def evaluate(out_dir: Path, options: Options, *, methods: list[str] | None = Non
         groups.setdefault(group_key(job.source), []).append(job)
     bar = Progress(sum(units(job, options) for job in work.jobs), "input", show=progress)
     try:
-        for jobs in groups.values():
-            _group(out_dir, jobs, options, truth, result, bar, device=device, batch_size=batch_size, chunk=chunk)
-    except KeyboardInterrupt as exc:
-        result.interrupted = interrupt_code(exc)
-        log.warning("interrupted after %d of %d; rerun the same command to finish", result.evaluated,
-                    len(work.jobs))
+        try:
+            for jobs in groups.values():
+                _group(out_dir, jobs, options, truth, result, bar, device=device, batch_size=batch_size,
+                       chunk=chunk)
+        except KeyboardInterrupt as exc:
+            result.interrupted = interrupt_code(exc)
+            log.warning("interrupted after %d of %d; rerun the same command to finish", result.evaluated,
+                        len(work.jobs))
+        finally:
+            bar.close()
+        if not result.interrupted:
+            result.data = summary(out_dir, options, work.current)
+            write_summary(out_dir, result.data)
+            if report:
+                write_evaluation_report(out_dir, result.data, work.current)
     finally:
-        bar.close()
-        clear_tmp(out_dir)
-    if not result.interrupted:
-        result.data = summary(out_dir, options, work.current)
-        write_summary(out_dir, result.data)
-        if report:
-            write_evaluation_report(out_dir, result.data, work.current)
+        clear_tmp(out_dir)  # after the summary and the report, which are written through it too
     return result
 
 
