@@ -208,6 +208,20 @@ def test_methods_and_help_teach():
     assert "saliency explain sample_images -o out" in helptext and "--set" in helptext
 
 
+def test_the_command_list_shows_each_summary_on_one_line():
+    """`saliency --help` lists every command with its docstring's first
+    paragraph joined into one line (in a terminal wide enough for it)."""
+    import inspect
+
+    from saliency_cli.cli import app
+
+    listing = subprocess.run([sys.executable, "-m", "saliency_cli", "--help"], capture_output=True, text=True,
+                             env={**os.environ, "COLUMNS": "300"}, timeout=60).stdout
+    for command in app.registered_commands:
+        summary = " ".join(inspect.getdoc(command.callback).split("\n\n")[0].split())
+        assert summary in listing, summary
+
+
 def test_config_command_shows_effective_values():
     import yaml
 

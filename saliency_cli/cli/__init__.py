@@ -7,6 +7,8 @@ A new command is a module here whose functions use `@app.command`,
 imported below.
 """
 
+import inspect
+
 # isort: off
 from .common import app  # noqa: F401
 from . import explain  # noqa: F401
@@ -14,6 +16,12 @@ from . import tools  # noqa: F401
 from . import verify  # noqa: F401
 from . import evaluate  # noqa: F401
 # isort: on
+
+# `saliency --help` lists each command with its docstring's first paragraph; in rich
+# markup mode Typer keeps that paragraph's line breaks, which then cut its sentences
+for _command in app.registered_commands:
+    if _command.short_help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.short_help = " ".join(inspect.getdoc(_command.callback).split("\n\n")[0].split())
 
 
 def main() -> None:
