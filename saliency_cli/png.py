@@ -124,6 +124,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 _PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs",
                            b"tIME", b"bKGD"})
 _TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # as Pillow's Image.getexif searches XMP
 
 
 def decode_plain(data: bytes, max_pixels: int | None) -> np.ndarray | None:
@@ -182,6 +183,3 @@ def _plain_text(kind: bytes, body: bytes) -> bool:
         return False
     found = _XMP_ORIENTATION.search(text)
     return found is None or found[2] not in b"2345678"
-
-
-_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # Pillow's Image.getexif

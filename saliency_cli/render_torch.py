@@ -73,22 +73,24 @@ def render_overlays(maps: Sequence[torch.Tensor], styles: Sequence[Style], perce
     units = F.interpolate(units[:, None], size=(bottom - top, right - left), mode="bilinear",
                           align_corners=False, antialias=True)[:, 0]
     index = (units * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
-    tables = torch.stack([_colormap(DIVERGING if s == "signed" else colormap, device) for s in styles])
-    heat = torch.stack([tables[i][index[i].long()] for i in range(len(maps))])  # [M,h,w,3]
+    colors = [DIVERGING if s == "signed" else colormap for s in styles]
+
+    def heat(i: int) -> torch.Tensor:  # [h,w,3]: map i's colours (weighted blends need only its entries)
+        return _colormap(colors[i], device)[index[i].long()]
+
     if photo is None:
         canvas = torch.zeros((len(maps), height, width, 3), dtype=torch.uint8, device=device)
-        canvas[:, top:bottom, left:right] = heat
+        canvas[:, top:bottom, left:right] = torch.stack([heat(i) for i in range(len(maps))])
         return canvas
     canvas = photo.to(device)[None].repeat(len(maps), 1, 1, 1)
     region = canvas[:, top:bottom, left:right]
     for i in range(len(maps)):
         if weighted[i]:  # render._weighted_blend: the same table, looked up by (entry, photo byte)
-            colors = DIVERGING if styles[i] == "signed" else colormap
-            table = _weighted(colors, styles[i], float(alpha), device)
+            table = _weighted(colors[i], styles[i], float(alpha), device)
             key = (index[i].long() << 8)[..., None] | region[i].long()
             region[i] = table.gather(1, key.reshape(-1, 3).T).T.reshape(region[i].shape)
         else:  # render._blend: each byte from (photo byte, heat byte)
-            key = (region[i].to(torch.int32) << 8) | heat[i].to(torch.int32)
+            key = (region[i].to(torch.int32) << 8) | heat(i).to(torch.int32)
             region[i] = _table(float(alpha), device)[key.long()]
     return canvas
 
