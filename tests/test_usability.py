@@ -103,3 +103,13 @@ def test_hidden_files_and_folders_are_skipped_unless_asked(tmp_path, saliency_lo
 def test_version(saliency_log):
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith(f"saliency-cli {sal.__version__} (torch ")
+
+
+def test_a_command_run_in_process_leaves_logging_working(tmp_path, saliency_log, capsys):
+    """CliRunner gives a command a stderr that it closes afterwards; the log
+    lines of later work in the same process still reach the real stderr."""
+    result = CliRunner().invoke(app, ["verify", str(tmp_path)])
+    assert result.exit_code == 2 and "no manifest" in result.output
+    saliency_log.warning("after the command")
+    err = capsys.readouterr().err
+    assert "saliency: warning: after the command" in err and "Logging error" not in err

@@ -78,7 +78,7 @@ def on_sigterm(signum: int, frame: Any) -> None:
 
 
 def setup_logging(quiet: bool, debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("saliency: %(levelname_lower)s%(message)s"))
     handler.addFilter(_LevelPrefix())
     log.handlers[:] = [handler]
@@ -93,6 +93,20 @@ def setup_logging(quiet: bool, debug: bool) -> None:
             log.warning("%s", text)
 
     warnings.showwarning = show
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message, not as it was when the
+    command began: a command run in-process (Typer's CliRunner, a notebook)
+    gets a stderr that is closed once it returns, where a later log line of
+    the same process would fail."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
 
 
 class _LevelPrefix(logging.Filter):
