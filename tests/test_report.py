@@ -137,6 +137,7 @@ def browse(folder: Path, pages: list[str]) -> dict[str, dict]:
     return seen
 
 
+@pytest.mark.browser
 def test_report_loads_every_image_without_console_errors(classification_run):
     out = classification_run
     (page,) = browse(out, ["report.html"]).values()
@@ -151,6 +152,7 @@ def test_report_loads_every_image_without_console_errors(classification_run):
     assert "chelsea/grid.png" in page["links"]
 
 
+@pytest.mark.browser
 def test_detection_report_shows_boxes_and_every_detection(tmp_path):
     config = toy_detector_config(tmp_path, num_masks=16)
     out = tmp_path / "out"
@@ -165,20 +167,30 @@ def test_detection_report_shows_boxes_and_every_detection(tmp_path):
         assert grid.height == 256 + 40 + 12  # photo and two detections side by side
 
 
-def test_thousands_of_images_are_paged(tmp_path):
+def paged_report(folder: Path) -> list[Path]:
+    """The report of 250 images, written over a stale page of an earlier one."""
     rows = []
     for i in range(250):
         key = f"img{i:04d}"
-        Image.new("RGB", (8, 6), (i % 256, 0, 0)).save(tmp_path / f"{key}.png")
+        Image.new("RGB", (8, 6), (i % 256, 0, 0)).save(folder / f"{key}.png")
         rows.append({"input": f"/nowhere/{key}.jpg", "key": key, "status": "ok", "size": [8, 6],
                      "predictions": [{"class": 1, "label": "thing", "prob": 0.5}],
                      "target": {"class": 1, "label": "thing", "prob": 0.5},
                      "outputs": {"gradient": {"png": f"{key}.png"}}})
-    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "report-9.html").write_text("stale page of an earlier report")
-    pages = write_report(tmp_path)
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "report-9.html").write_text("stale page of an earlier report")
+    return write_report(folder)
+
+
+def test_thousands_of_images_are_paged(tmp_path):
+    pages = paged_report(tmp_path)
     assert [p.name for p in pages] == ["report.html", "report-2.html", "report-3.html"]
     assert not (tmp_path / "report-9.html").exists()
+
+
+@pytest.mark.browser
+def test_every_page_shows_its_images_and_links_the_others(tmp_path):
+    pages = paged_report(tmp_path)
     seen = browse(tmp_path, [p.name for p in pages])
     assert [len(seen[p.name]["images"]) for p in pages] == [100, 100, 50]
     for page in seen.values():
