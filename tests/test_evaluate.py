@@ -291,3 +291,21 @@ def test_the_progress_bar_counts_the_inputs_scored(copy, capsys, monkeypatch):
     total = 8 * (2 * 4 + 1)  # per image and method: two curves of 4 inputs, plus one
     assert counts[-1] == total and f"{total}.0/{total}.0" in capsys.readouterr().err
     assert counts[0] == 8 and len(counts) > 2  # chunk by chunk (8 inputs a call), within one batch of photos
+
+
+def test_maps_of_a_run_that_decoded_jpegs_on_the_device_are_evaluated(evaluated, tmp_path):
+    """runtime.decode=device (a GPU's default; here the same path on the CPU):
+    evaluate decodes each photo as that run did, the JPEG read for the device."""
+    out = tmp_path / "out"
+    result = cli("explain", str(SAMPLES / "rocket.jpg"), str(SAMPLES / "chelsea.png"), "-o", str(out), "-q",
+                 "-m", "gradient", "--target", "0", *TINY, "--set", "runtime.decode=device")
+    assert result.exit_code == 0, result.output
+    result = cli("evaluate", str(out), "--steps", "6", "-q")
+    assert result.exit_code == 0, result.output
+    mine = {r["key"]: r for r in lines(out / "evaluation.jsonl")}
+    assert {k: r["status"] for k, r in mine.items()} == {"rocket": "ok", "chelsea": "ok"}
+    cpu = {r["key"]: r for r in lines(evaluated[0] / "evaluation.jsonl") if r["method"] == "gradient"}
+    for key in mine:  # the PNG decoded as before; the JPEG by libjpeg-turbo either way, resized by torch here
+        ours, theirs = mine[key]["maps"][0]["metrics"], cpu[key]["maps"][0]["metrics"]
+        for metric in ("deletion", "insertion", "average-drop", "increase"):
+            assert ours[metric] == pytest.approx(theirs[metric], abs=1e-6 if key == "chelsea" else 1e-3), (key, metric)

@@ -85,7 +85,7 @@ class ClassifierEvaluation:
         target = [o.job.record.fields["target"] for o in usable]
         for outcome, t in zip(usable, target):
             outcome.maps = [MapResult(cls=int(t["class"]), label=str(t["label"]))]
-        uint8 = torch.stack([d["input"] for d in decoded]).to(self.device)
+        uint8 = torch.stack([d["input"].to(self.device) for d in decoded])  # JPEGs may be there already
         return Maps(usable, uint8.float() / 255.0, normalize(uint8, self.cfg.preprocess),
                     torch.from_numpy(np.stack(values)).to(self.device),
                     torch.tensor([images[o.job.record.key] for o in usable], device=self.device),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import tasks
+from ..data import collate
 from ..discovery import InputItem
 from ..models import load_model
 from ..recorded import RecordedConfig, working_dir
@@ -73,11 +74,14 @@ def input_path(path: str, cwd: str) -> str:
 
 def decode(loaded: Loaded, job: Job) -> dict[str, Any]:
     """The photo of a job, decoded and preprocessed by the task's own
-    dataset: {"input": uint8 [3,H,W], "box", "size"}; JobError if it fails
-    or the photo is not the one the maps were made of."""
+    dataset, as `saliency explain` did (a JPEG on the device where its run
+    decoded there): {"input": uint8 [3,H,W], "box", "size"}; JobError if it
+    fails or the photo is not the one the maps were made of."""
     record = job.record
     item = InputItem(path=input_path(record.input, job.source.cwd), key=record.key)
-    decoded = loaded.task.dataset([item], keep_original=False)[0]
+    dataset = loaded.task.dataset([item], keep_original=False)
+    batch = dataset.finish(collate([dataset[0]]))  # a JPEG read for the device is decoded there
+    (decoded,) = batch.ok or batch.failed
     if decoded["error"] is not None:
         raise JobError(f"{item.path}: {decoded['error']}")
     if record.size is not None and list(decoded["size"]) != list(record.size):
