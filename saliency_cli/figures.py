@@ -48,6 +48,15 @@ class Picture:
     detection: tuple[list[float], str] | None = None
 
 
+def _photo_on_host(item: dict) -> torch.Tensor:
+    """The photo the PNGs show, brought to the host where the device decoded
+    it (runtime.decode): once, by the main thread, for the numpy renderer and
+    the grid, which draw it in the writer's threads."""
+    if item["original"] is not None and item["original"].device.type != "cpu":
+        item["original"] = item["original"].cpu()
+    return item["original"]
+
+
 class Figures:
     def __init__(self, output: Any, writer: Writer, device: torch.device, profile: Profile):
         self.output = output  # the config's output section
@@ -62,6 +71,7 @@ class Figures:
         if not pictures:
             return []
         if self.device is None:
+            _photo_on_host(item)
             return [partial(self._draw_and_save, p, item, panels) for p in pictures]
         with self.profile.timed("render"):
             overlays = self._render_on_device(pictures, item).cpu().numpy()
@@ -122,9 +132,10 @@ class Figures:
         rendered before it (outputs of earlier runs are read back); sets
         `record.grid`."""
         record.grid = grid_path(record.key)
+        photo = _photo_on_host(item).numpy()
 
         def job() -> None:
-            cells = [(item["original"].numpy(), Path(record.input).name, caption(record, None))]
+            cells = [(photo, Path(record.input).name, caption(record, None))]
             for name, files in record.outputs.items():
                 for rel in files.pngs:
                     image = panels.get(rel)
