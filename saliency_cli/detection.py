@@ -57,17 +57,19 @@ class DetectionExplanation:
 _FIELDS = ("boxes", "scores", "probs", "labels")
 
 
-def check_detections(out: Any, batch: int) -> list[Detections]:
-    """Validate a detector's output; clear messages for protocol errors."""
+def check_detections(out: Any, batch: int, device: torch.device | None = None) -> list[Detections]:
+    """Validate a detector's output; clear messages for protocol errors. With
+    `device`, every field is moved there (a detector may build constant
+    fields on the CPU while its scores come from the GPU)."""
     if isinstance(out, (Detections, dict)) or not isinstance(out, Sequence):
         raise SaliencyError(f"the detector must return a list with one Detections per image; got "
                             f"{type(out).__name__}")
     if len(out) != batch:
         raise SaliencyError(f"the detector returned {len(out)} results for {batch} images")
-    return [_check_one(item, i) for i, item in enumerate(out)]
+    return [_check_one(item, i, device) for i, item in enumerate(out)]
 
 
-def _check_one(item: Any, index: int) -> Detections:
+def _check_one(item: Any, index: int, device: torch.device | None) -> Detections:
     where = f"detector output for image {index}"
     if isinstance(item, dict):
         missing = [f for f in _FIELDS if f not in item]
@@ -89,7 +91,8 @@ def _check_one(item: Any, index: int) -> Detections:
                                 f" with the same K for all fields; got {list(getattr(item, name).shape)}")
     if item.probs.dim() != 2 or item.probs.shape[0] != k or item.probs.shape[1] < 1:
         raise SaliencyError(f"{where}: 'probs' must have shape [K, C] with K = {k}; got {list(item.probs.shape)}")
-    return Detections(item.boxes.float(), item.scores.float(), item.probs.float(), item.labels.long())
+    return Detections(item.boxes.to(device, torch.float32), item.scores.to(device, torch.float32),
+                      item.probs.to(device, torch.float32), item.labels.to(device, torch.long))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

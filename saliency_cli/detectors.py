@@ -60,7 +60,7 @@ def as_detector(model: Any) -> Detector:
         return model
     if not callable(model):
         raise SaliencyError(f"the detector must be callable; got {type(model).__name__}")
-    return lambda images: check_detections(model(images), images.shape[0])
+    return lambda images: check_detections(model(images), images.shape[0], images.device)
 
 
 class _OneStage:
