@@ -182,10 +182,15 @@ class ImageDataset(torch.utils.data.Dataset):
             return batch
         images = device_decode.decode([it.pop("jpeg") for it in raw], self.device)
         for it, image in zip(raw, images):
-            if image is None:
-                self._decode(it)
-            else:
-                self._prepare_on_device(it, device_decode.orient(image, it.pop("orientation")))
+            orientation = it.pop("orientation")
+            try:
+                if image is not None:
+                    self._prepare_on_device(it, device_decode.orient(image, orientation))
+                    continue
+            except RuntimeError as exc:  # CUDA's antialiased resize refuses factors beyond about 50-90
+                log.debug("%s: resizing on %s failed (%s); the CPU path takes it",
+                          self.items[it["index"]].path, self.device, exc)
+            self._decode(it)
         return collate([*batch.ok, *batch.failed], device=self.device)
 
     def _prepare_on_device(self, item: dict[str, Any], image: torch.Tensor) -> None:

@@ -98,3 +98,35 @@ def test_explain_decoding_on_the_device_matches_the_cpu_path(tmp_path):
         assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999, key
         with Image.open(tmp_path / "dev" / key / "gradient.png") as png:
             assert png.size == (451, 300)
+
+
+def test_a_photo_the_device_cannot_resize_takes_the_cpu_path(tmp_path, monkeypatch):
+    """CUDA's antialiased resize raises for very large factors (a panorama to
+    224 px); that photo is decoded and resized on the CPU, the others not."""
+    from saliency_cli.config import Config
+    from saliency_cli.data import ImageDataset, collate
+    from saliency_cli.discovery import InputItem
+
+    photo = np.asarray(load_image(str(SAMPLES / "chelsea.png")))
+    items = [InputItem(path=str(jpeg(tmp_path / f"{i}.jpg", photo)), key=str(i)) for i in range(3)]
+    cfg = Config().preprocess
+    on_device = device_decode.classifier_input
+    calls = []
+
+    def refuses_the_second(image, cfg):
+        calls.append(image.shape)
+        if len(calls) == 2:
+            raise RuntimeError("Too much shared memory required")
+        return on_device(image, cfg)
+
+    monkeypatch.setattr(device_decode, "classifier_input", refuses_the_second)
+    dataset = ImageDataset(items, cfg, keep_original=True, device=torch.device("cpu"))
+    read = [dataset[i] for i in range(3)]
+    on_cpu_path = []
+    monkeypatch.setattr(dataset, "_decode", lambda it: on_cpu_path.append(it["index"]) or type(dataset)._decode(
+        dataset, it))
+    batch = dataset.finish(collate(read))
+    assert len(calls) == 3 and on_cpu_path == [1]
+    assert not batch.failed and batch.inputs.shape == (3, 3, 224, 224)
+    on_cpu = ImageDataset(items, cfg, keep_original=True)[1]  # Pillow's decoding and resizing
+    assert torch.equal(batch.inputs[1], on_cpu["input"]) and torch.equal(batch.ok[1]["original"], on_cpu["original"])
