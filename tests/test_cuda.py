@@ -15,6 +15,20 @@ from .test_cli import records, saliency
 pytestmark = pytest.mark.cuda
 
 
+@pytest.fixture(autouse=True)
+def full_fp32_convolutions():
+    """cuDNN convolutions in IEEE float32 for these comparisons with the CPU:
+    PyTorch's default on a GPU is TF32 (10-bit mantissa operands), about 1e-3
+    relative, which the tool leaves as it is (README: On a GPU)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)  # torch >= 2.9; before it, allow_tf32
+    flag, ieee = ("fp32_precision", "ieee") if hasattr(conv, "fp32_precision") else ("allow_tf32", False)
+    owner = conv if flag == "fp32_precision" else torch.backends.cudnn
+    before = getattr(owner, flag)
+    setattr(owner, flag, ieee)
+    yield
+    setattr(owner, flag, before)
+
+
 @pytest.mark.parametrize("name", registry.names("classification"))
 def test_methods_match_the_cpu(name):
     model = seeded(TinyCNN(), 0).eval()
@@ -77,8 +91,8 @@ def test_explain_on_cuda(tmp_path):
 def test_batches_are_pinned_for_non_blocking_copies():
     from saliency_cli.data import Batch, collate
 
-    item = {"error": None, "input": torch.zeros(3, 8, 8, dtype=torch.uint8)}
-    assert collate([item, dict(item)]).pin_memory().inputs.is_pinned()
+    item = {"index": 0, "error": None, "input": torch.zeros(3, 8, 8, dtype=torch.uint8)}
+    assert collate([item, {**item, "index": 1}]).pin_memory().inputs.is_pinned()
     odd = Batch([item], [], [torch.zeros(3, 8, 8), torch.zeros(3, 4, 4)]).pin_memory()  # sizes differ
     assert all(t.is_pinned() for t in odd.inputs)
 
@@ -121,10 +135,19 @@ def test_jpegs_decoded_with_nvjpeg_match_the_cpu_path(tmp_path):
     Image.fromarray(photo).save(folder / "cat.jpg", quality=92)
     (folder / "cut.jpg").write_bytes((folder / "cat.jpg").read_bytes()[:5000])
     Image.fromarray(photo).save(folder / "cat.png")
-    cpu, on_cpu = run(folder, tmp_path / "cpu", "--device", "cpu")
-    gpu, on_gpu = run(folder, tmp_path / "gpu", "--device", "cuda", "--profile")
-    assert cpu.returncode == gpu.returncode == 1, gpu.stderr
-    assert {k: r["status"] for k, r in on_gpu.items()} == {k: r["status"] for k, r in on_cpu.items()}
+    cpu, on_cpu = run(folder, tmp_path / "cpu", "--device", "cpu", "--grid")
+    gpu, on_gpu = run(folder, tmp_path / "gpu", "--device", "cuda", "--profile", "--grid")
+    # the numpy renderer draws the photo that the device decoded in the writer's threads
+    numpy, on_numpy = run(folder, tmp_path / "numpy", "--device", "cuda", "--grid", "--set", "output.renderer=numpy")
+    assert cpu.returncode == gpu.returncode == numpy.returncode == 1, gpu.stderr + numpy.stderr
+    statuses = {k: r["status"] for k, r in on_cpu.items()}
+    assert {k: r["status"] for k, r in on_gpu.items()} == {k: r["status"] for k, r in on_numpy.items()} == statuses
     for key in ("cat.jpg", "cat.png"):
         a, b = (np.load(tmp_path / d / key / "grad-cam.npy") for d in ("cpu", "gpu"))
         assert float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, key
+        with Image.open(tmp_path / "cpu" / key / "grid.png") as grid:
+            size = grid.size
+        for d in ("gpu", "numpy"):
+            with Image.open(tmp_path / d / key / "grid.png") as grid, \
+                 Image.open(tmp_path / d / key / "gradient.png") as png:
+                assert png.size == (451, 300) and grid.size == size, (d, key)
