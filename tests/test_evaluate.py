@@ -309,3 +309,16 @@ def test_maps_of_a_run_that_decoded_jpegs_on_the_device_are_evaluated(evaluated,
         ours, theirs = mine[key]["maps"][0]["metrics"], cpu[key]["maps"][0]["metrics"]
         for metric in ("deletion", "insertion", "average-drop", "increase"):
             assert ours[metric] == pytest.approx(theirs[metric], abs=1e-6 if key == "chelsea" else 1e-3), (key, metric)
+
+
+def test_a_class_beyond_the_model_is_one_clear_error(explained, tmp_path):
+    """Checked on the host: on a GPU an index out of range would be a device
+    assert that ends CUDA for the whole process."""
+    out = tmp_path / "out"
+    shutil.copytree(explained, out)
+    records = lines(out / "manifest.jsonl")
+    records[0]["target"]["class"] = 7  # TinyCNN has 5 outputs
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = cli("evaluate", str(out), "--steps", "4", "-m", "gradient")
+    assert result.exit_code == 2, result.output
+    assert "the maps explain class 7, but the model has 5 outputs" in result.output

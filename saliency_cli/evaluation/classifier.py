@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data import normalize
+from ..errors import SaliencyError
 from ..methods.registry import as_logits
 from .confidence import confidence
 from .jobs import Job
@@ -112,6 +113,11 @@ class ClassifierEvaluation:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():  # one forward per photo, as explain's
             probs = as_logits(self.loaded.model(x), x.shape[0]).float().softmax(dim=1)
+        beyond = [o.job.record.fields["target"]["class"] for o in maps.outcomes
+                  if not 0 <= int(o.job.record.fields["target"]["class"]) < probs.shape[1]]
+        if beyond:  # checked here: on a GPU an index out of range is an assert that ends the process's CUDA
+            raise SaliencyError(f"the maps explain class {beyond[0]}, but the model has {probs.shape[1]} outputs: "
+                                "is it the model the maps were made with?")
         maps.y = probs[maps.image_of, maps.targets]
         recorded = torch.tensor([o.job.record.fields["target"].get("prob", np.nan) for o in maps.outcomes],
                                 dtype=torch.float32)
