@@ -99,8 +99,8 @@ def report(title: str, what: str, variant, total: int, args, device: torch.devic
     times = interleaved_medians(variants, args.repeats, device)
     auto = chosen[-1]
     if device.type == "cuda":
-        free, whole = torch.cuda.mem_get_info(device)
-        title += f"; {free / 2**30:.0f} of {whole / 2**30:.0f} GiB free after the runs"
+        whole = torch.cuda.mem_get_info(device)[1]
+        title += f"; {memory.available(device) / 2**30:.0f} of {whole / 2**30:.0f} GiB free after the runs"
     print(f"\n# {title}; {device.type}, median of {args.repeats}\n")
     print("| items per call | calls | s per run | x the automatic size |")
     print("|---|---|---|---|")

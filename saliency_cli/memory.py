@@ -32,6 +32,14 @@ _CUDA_BUDGET = 0.7
 chosen: dict[str, int] = {}  # `what` -> items per call at the end of its last run
 
 
+def available(device: torch.device) -> int:
+    """Bytes a chunk may take on a CUDA device: the driver's free memory plus
+    what PyTorch's allocator holds in its cache unused (mem_get_info counts
+    that as taken, so sizes would shrink after any large call before)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
 def run_in_chunks(
     total: int,
     step: Callable[[int, int], None],
@@ -71,7 +79,7 @@ def run_in_chunks(
             continue
         if measure:
             peak = torch.cuda.max_memory_allocated(device) - before
-            free, _ = torch.cuda.mem_get_info(device)
+            free = available(device)
             per_item = max(1, peak // (stop - start))
             size = max(1, int(free * _CUDA_BUDGET // per_item))
             measure = False
