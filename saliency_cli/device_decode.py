@@ -72,6 +72,11 @@ def decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor
 def _decode(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        # nvJPEG writes its output on a stream of its own, into memory the allocator may have just
+        # freed on ours while queued kernels still read it (pytorch/vision#9606): let them finish
+        torch.cuda.current_stream(device).synchronize()
+
     with warnings.catch_warnings():  # torchvision's image decoders announce their move to torchcodec
         warnings.simplefilter("ignore")
         return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)

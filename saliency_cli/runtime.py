@@ -120,6 +120,7 @@ class StopWatch:
     """
 
     def __init__(self, device: torch.device):
+        self.device = device
         self.cuda = device.type == "cuda"
         self.laps: list[tuple[str | None, Any]] = [(None, self._mark())]
 
@@ -127,7 +128,7 @@ class StopWatch:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the model's GPU, not the current one (cuda:1)
         return event
 
     def lap(self, name: str) -> None:
