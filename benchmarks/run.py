@@ -133,8 +133,10 @@ def min_over_chunkings(model, x, t, n, sizes):
     if key not in _FLOOR_CHUNK:
         timings = {}
         for size in sizes:
+            sync(x.device)
             start = time.perf_counter()
             smoothgrad_passes(model, x, t, n, size)
+            sync(x.device)
             timings[size] = time.perf_counter() - start
         _FLOOR_CHUNK[key] = min(timings, key=timings.get)
     smoothgrad_passes(model, x, t, n, _FLOOR_CHUNK[key])
