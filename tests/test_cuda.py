@@ -19,7 +19,7 @@ pytestmark = pytest.mark.cuda
 def full_fp32_convolutions():
     """cuDNN convolutions in IEEE float32 for these comparisons with the CPU:
     PyTorch's default on a GPU is TF32 (10-bit mantissa operands), about 1e-3
-    relative, which the tool leaves as it is (README: On a GPU)."""
+    relative, which the tool leaves as it is (README: Channels-last and --amp)."""
     conv = getattr(torch.backends.cudnn, "conv", None)  # torch >= 2.9; before it, allow_tf32
     flag, ieee = ("fp32_precision", "ieee") if hasattr(conv, "fp32_precision") else ("allow_tf32", False)
     owner = conv if flag == "fp32_precision" else torch.backends.cudnn
