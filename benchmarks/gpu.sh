@@ -6,7 +6,7 @@
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log), STEP.json where the script writes one, and machine.md (the
 # GPU, driver and versions). STEP is any of
-#   tests effnet host resnet50 chunks suite layouts amp evaluate vit workers large convnext
+#   tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext
 # (default: all, in that order: the most wanted first). A device
 # lease is short, so the run keeps to a budget: BUDGET seconds in all
 # (default 420) and STEP_TIMEOUT seconds per step (default 150); a step that
@@ -14,15 +14,15 @@
 # past its timeout is stopped (what it printed is kept). A failing step is
 # reported and the others still run; the exit code is the number of failed
 # or skipped steps. Without a CUDA device only `tests`, `host` (the CPU's
-# share, no device needed) and `suite` run, so the script can be tried
-# anywhere first.
+# share, no device needed), `suite` and `profile` run, on the CPU, so the
+# script can be tried anywhere first.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python || command -v python3)}  # a GPU image may have only python3
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 chunks suite layouts amp evaluate vit workers large convnext)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 BUDGET=${BUDGET:-420}
@@ -32,7 +32,7 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-150}
 # and the tool run from this tree, with a `saliency` command beside python.
 if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/site/bin:$PATH"  # py-spy's binary
 fi
 # This tree first on the path: `python -c "import saliency_cli"` from here would find it
 # anyway, but a script in benchmarks/ or a test's `saliency` run from another folder would not.
@@ -62,9 +62,11 @@ step() {
     workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
     large)    $PY benchmarks/large_photos.py --device cuda ;;
     vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
+    profile)  $PY benchmarks/profile_explain.py --device auto --images 1024 -m gradient --batch 32 \
+                --raw "$results/profile-stacks.txt" ;;  # where the main thread's time goes while streaming
     evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
                 --json "$results/evaluate.json" ;;
-    *)        echo "unknown step: $1 (tests effnet host resnet50 chunks suite layouts amp evaluate vit workers large convnext)" >&2; return 2 ;;
+    *)        echo "unknown step: $1 (tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext)" >&2; return 2 ;;
   esac
 }
 
@@ -83,8 +85,8 @@ skipped=()
 t0=$SECONDS
 cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 for s in "${steps[@]}"; do
-  if [ "$cuda" != 1 ] && [ "$s" != tests ] && [ "$s" != suite ] && [ "$s" != host ]; then
-    echo "== $s: no CUDA device here, skipped (tests, host and suite still run; the CUDA tests skip)" >&2
+  if [ "$cuda" != 1 ] && [[ ! " tests host suite profile " =~ " $s " ]]; then
+    echo "== $s: no CUDA device here, skipped (tests, host, suite and profile still run; the CUDA tests skip)" >&2
     continue
   fi
   if (( SECONDS - t0 >= BUDGET )); then

@@ -17,6 +17,7 @@ $PY -m pip wheel --quiet --no-deps -w .whl \
 # compiled: the machine's own platform
 $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl fpng==0.1.0 isal==1.9.1 imagecodecs==2026.3.6
+  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+  -d .whl fpng==0.1.0 isal==1.9.1 imagecodecs==2026.3.6 py-spy==0.4.3  # py-spy: the profile step
 ls -l .whl
 du -sh .whl
