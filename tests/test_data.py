@@ -233,3 +233,17 @@ def test_threaded_loader_on_a_borrowed_pool_cancels_its_queued_decoding_and_leav
         release.set()
         assert pool.submit(lambda: "open").result() == "open"
     assert started == [0, 1, 2, 3]  # 4 and 5 were cancelled, not decoded
+
+
+def test_normalize_is_the_formula_to_the_bit_and_leaves_its_input_alone():
+    from saliency_cli.config import Config
+    from saliency_cli.data import normalize
+
+    cfg = Config().preprocess
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    uint8 = torch.randint(0, 256, (2, 3, 9, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for x in (uint8, uint8.contiguous(memory_format=torch.channels_last), uint8.float()):
+        before = x.clone()
+        out = normalize(x, cfg)
+        assert torch.equal(out, (x.float() / 255.0 - mean) / std) and torch.equal(x, before)
+        assert out.dtype == torch.float32 and out.stride() == x.stride()
