@@ -13,6 +13,16 @@ SAMPLES = ROOT / "sample_images"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+if torch.cuda.is_available():
+    # The tests compare GPU results with CPU references: cuDNN convolutions in IEEE float32 in this
+    # process, not PyTorch's default TF32 (operands rounded to a 10-bit mantissa, about 1e-3
+    # relative), which the tool leaves as it is (README: Channels-last and --amp). The CLI runs in
+    # subprocesses keep the default, and their tests compare with tolerances for it.
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+
 
 @pytest.fixture(scope="session")
 def lite0():

@@ -15,20 +15,6 @@ from .test_cli import records, saliency
 pytestmark = pytest.mark.cuda
 
 
-@pytest.fixture(autouse=True)
-def full_fp32_convolutions():
-    """cuDNN convolutions in IEEE float32 for these comparisons with the CPU:
-    PyTorch's default on a GPU is TF32 (10-bit mantissa operands), about 1e-3
-    relative, which the tool leaves as it is (README: Channels-last and --amp)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)  # torch >= 2.9; before it, allow_tf32
-    flag, ieee = ("fp32_precision", "ieee") if hasattr(conv, "fp32_precision") else ("allow_tf32", False)
-    owner = conv if flag == "fp32_precision" else torch.backends.cudnn
-    before = getattr(owner, flag)
-    setattr(owner, flag, ieee)
-    yield
-    setattr(owner, flag, before)
-
-
 @pytest.mark.parametrize("name", registry.names("classification"))
 def test_methods_match_the_cpu(name):
     model = seeded(TinyCNN(), 0).eval()
