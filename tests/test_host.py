@@ -104,7 +104,8 @@ def test_on_the_cpu_the_writers_threads_decode_each_batch_after_writing_the_last
 
     monkeypatch.setattr(ThreadPoolExecutor, "submit", queue)
     monkeypatch.setattr(ImageDataset, "__getitem__", decode)
-    cfg = load_config(None, ["model.factory=tests.helpers:TinyCNN", "runtime.workers=0", "runtime.batch_size=2"])
+    cfg = load_config(None, ["model.factory=tests.helpers:TinyCNN", "runtime.workers=0", "runtime.batch_size=2",
+                              "runtime.device=cpu"])  # the CPU path also where a GPU is
     with caplog.at_level("DEBUG", logger="saliency"):
         summary = run(cfg, [str(tmp_path / "in")], tmp_path / "out", methods=["gradient"])
     assert summary.exit_code == 0 and summary.ok == 6 and summary.decode_threads == 2
