@@ -28,6 +28,7 @@ from common import sample_photos
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", nargs="*", default=None, help="default: every classification method")
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = Config().preprocess
@@ -42,7 +43,7 @@ def main() -> None:
           f"{int((top32 == top16).sum())}/{len(photos)}\n")
     print("| method | cosine fp32 vs amp (worst photo) | relative L2 error (worst photo) |")
     print("|---|---|---|")
-    for name in registry.names("classification"):
+    for name in args.methods or registry.names("classification"):
         extra = {"n": 16} if name == "smoothgrad" else {}
         full = sal.attribute(model, x, name, targets=top32, **extra).float()
         with amp_context(device, True):

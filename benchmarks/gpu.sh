@@ -15,7 +15,8 @@
 # reported and the others still run; the exit code is the number of failed
 # or skipped steps. Without a CUDA device only `tests`, `host` (the CPU's
 # share, no device needed), `suite` and `profile` run, on the CPU, so the
-# script can be tried anywhere first.
+# script can be tried anywhere first; `SMOKE=1 bash benchmarks/gpu.sh DIR`
+# tries every step there, on the CPU at toy sizes.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$(command -v python || command -v python3)}  # a GPU image may have only python3
@@ -43,6 +44,15 @@ if [ ! -e "$bin/saliency" ] && [ -w "$bin" ]; then
   chmod +x "$bin/saliency"
 fi
 
+# SMOKE=1: every step on the CPU at toy sizes (a minute or so each), to try the whole script,
+# its imports and arguments included, before a GPU is at hand. The toy sizes come last on each
+# command line, where they override the real ones.
+DEV=cuda
+[ "${SMOKE:-0}" = 1 ] && DEV=cpu
+small() { if [ "${SMOKE:-0}" = 1 ]; then echo "$@"; fi; }
+METHODS_SMALL="--batch 2 --size 64 --repeats 1 --smoothgrad-n 2 --masks 8 --ig-steps 2 --rise-masks 8
+  --score-cam-images 1 --occlusion-window 32 --occlusion-stride 32 --e2e-images 4 --e2e-repeats 1"
+
 step() {
   case "$1" in
     tests)    $PY -m pytest -m cuda -q -p no:cacheprovider ;;
@@ -50,28 +60,31 @@ step() {
     # installed (4.5 minutes on 2 cores in one process, 6 in two)
     suite)    $PY -m pytest -q -p no:cacheprovider -m "not browser" \
                 $($PY -c "import xdist" 2>/dev/null && echo "-n 8") ;;
-    effnet)   $PY benchmarks/run.py --device cuda --batch 32 --repeats 3 --e2e-images 256 --json "$results/effnet.json" ;;
-    resnet50) $PY benchmarks/run.py --device cuda --model resnet50 --batch 32 --repeats 3 --fc-layer fc \
-                --json "$results/resnet50.json" ;;
-    convnext) $PY benchmarks/run.py --device cuda --model convnext_tiny --batch 32 --json "$results/convnext.json" \
-                --methods gradient guided-backprop smoothgrad grad-cam guided-grad-cam ;;
+    effnet)   $PY benchmarks/run.py --device $DEV --batch 32 --repeats 3 --e2e-images 256 --json "$results/effnet.json" \
+                $(small $METHODS_SMALL) ;;
+    resnet50) $PY benchmarks/run.py --device $DEV --model resnet50 --batch 32 --repeats 3 --fc-layer fc \
+                --json "$results/resnet50.json" $(small $METHODS_SMALL) ;;
+    convnext) $PY benchmarks/run.py --device $DEV --model convnext_tiny --batch 32 --json "$results/convnext.json" \
+                $(small $METHODS_SMALL) --methods gradient guided-backprop smoothgrad grad-cam guided-grad-cam ;;
     host)     $PY benchmarks/host_threads.py ;;  # the writer's threads on this host's cores
-    chunks)   $PY benchmarks/chunk_size.py --auto --device cuda --repeats 2 --masks 500 ;;  # sizes from free memory
-    layouts)  $PY benchmarks/layouts.py --device cuda --batch 32 ;;
-    amp)      $PY benchmarks/amp_fidelity.py --device cuda ;;
-    workers)  $PY benchmarks/workers.py --device cuda --workers 0 2 4 ;;
-    large)    $PY benchmarks/large_photos.py --device cuda ;;
-    vit)      $PY benchmarks/transformers.py --device cuda --batch 64 --json "$results/vit.json" ;;
+    chunks)   $PY benchmarks/chunk_size.py --auto --device $DEV --repeats 2 --masks 500 \
+                $(small --repeats 1 --masks 8 --smoothgrad-n 2 --batch 1) ;;  # sizes from free memory
+    layouts)  $PY benchmarks/layouts.py --device $DEV --batch 32 $(small --batch 1 --repeats 1) ;;
+    amp)      $PY benchmarks/amp_fidelity.py --device $DEV $(small --methods gradient grad-cam) ;;
+    workers)  $PY benchmarks/workers.py --device $DEV --workers 0 2 4 $(small --images 8 --repeats 1) ;;
+    large)    $PY benchmarks/large_photos.py --device $DEV $(small --images 2 --width 1200 --height 800 --repeats 1) ;;
+    vit)      $PY benchmarks/transformers.py --device $DEV --batch 64 --json "$results/vit.json" \
+                $(small --batch 1 --repeats 1) ;;
     profile)  $PY benchmarks/profile_explain.py --device auto --images 1024 -m gradient --batch 32 \
-                --raw "$results/profile-stacks.txt" ;;  # where the main thread's time goes while streaming
-    evaluate) $PY benchmarks/evaluate.py --device cuda --batch 32 --maps 8 --chunk 512 \
-                --json "$results/evaluate.json" ;;
+                --raw "$results/profile-stacks.txt" $(small --images 8) ;;  # the main thread's time while streaming
+    evaluate) $PY benchmarks/evaluate.py --device $DEV --batch 32 --maps 8 --chunk 512 \
+                --json "$results/evaluate.json" $(small --batch 2 --maps 2 --steps 4 --chunk 8 --repeats 1) ;;
     *)        echo "unknown step: $1 (tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext)" >&2; return 2 ;;
   esac
 }
 
-export PY results
-export -f step
+export PY results DEV SMOKE METHODS_SMALL
+export -f step small
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -85,7 +98,7 @@ skipped=()
 t0=$SECONDS
 cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 for s in "${steps[@]}"; do
-  if [ "$cuda" != 1 ] && [[ ! " tests host suite profile " =~ " $s " ]]; then
+  if [ "$cuda" != 1 ] && [ "$DEV" = cuda ] && [[ ! " tests host suite profile " =~ " $s " ]]; then
     echo "== $s: no CUDA device here, skipped (tests, host, suite and profile still run; the CUDA tests skip)" >&2
     continue
   fi
