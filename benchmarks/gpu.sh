@@ -56,10 +56,12 @@ METHODS_SMALL="--batch 2 --size 64 --repeats 1 --smoothgrad-n 2 --masks 8 --ig-s
 step() {
   case "$1" in
     tests)    $PY -m pytest -m cuda -q -p no:cacheprovider ;;
-    # the whole suite but the browser tests (no Chromium there), on 8 processes where pytest-xdist is
-    # installed (4.5 minutes on 2 cores in one process, 6 in two)
+    # the whole suite but the browser tests (no Chromium there), on 6 processes where pytest-xdist is
+    # installed (4.5 minutes on 2 cores in one process): each takes 2 torch threads (conftest.py), so
+    # 12 of 16 cores, leaving room for the timing contrasts of tests/test_png.py
+    # (on 2 cores, 8 processes made the GIL test fail once)
     suite)    $PY -m pytest -q -p no:cacheprovider -m "not browser" \
-                $($PY -c "import xdist" 2>/dev/null && echo "-n 8") ;;
+                $($PY -c "import xdist" 2>/dev/null && echo "-n 6") ;;
     effnet)   $PY benchmarks/run.py --device $DEV --batch 32 --repeats 3 --e2e-images 256 --json "$results/effnet.json" \
                 $(small $METHODS_SMALL) ;;
     resnet50) $PY benchmarks/run.py --device $DEV --model resnet50 --batch 32 --repeats 3 --fc-layer fc \
