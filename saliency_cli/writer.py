@@ -25,7 +25,6 @@ import io
 import logging
 import os
 import shutil
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +37,7 @@ from PIL import Image
 from . import png
 from .errors import out_of_space
 from .locking import OutLock
-from .outputs import MANIFEST, TMP_DIR
+from .outputs import MANIFEST, TMP_DIR, write_atomic
 from .profile import Profile
 from .records import Record
 
@@ -102,23 +101,8 @@ class Writer:
     # -- files
 
     def _atomic(self, rel: str, write: Callable[[Path], None]) -> None:
-        """OUT/<rel> written whole or not at all: into OUT/.tmp, then renamed
-        into place. The folder is made when the rename finds it missing (the
-        image's first file), not checked before every file: in runs, mkdir
-        on the existing folder waited on the kernel's directory locks for
-        about 5% of the writer's time."""
-        final = self.out / rel
-        tmp = self.tmp / f"{uuid.uuid4().hex}{final.suffix}"
-        try:
-            write(tmp)
-            try:
-                os.replace(tmp, final)
-            except FileNotFoundError:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """OUT/<rel> written whole or not at all, through OUT/.tmp (outputs.write_atomic)."""
+        write_atomic(self.out / rel, self.tmp, write)
 
     def save_npy(self, rel: str, array: np.ndarray) -> None:
         # serialised in memory, then one write: numpy's own file writer reports a full

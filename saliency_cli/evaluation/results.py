@@ -4,15 +4,14 @@ appended to OUT/evaluation.jsonl once its files are in place."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..outputs import TMP_DIR, curve_path
+from ..outputs import write_atomic as _write_atomic
 from .loading import Outcome
 from .metrics import Options
 from .records import EvalRecord, MapResult, append_evaluation
@@ -21,17 +20,10 @@ TMP = f"{TMP_DIR}/evaluation"
 
 
 def write_atomic(out_dir: Path, rel: str, write: Callable[[Path], None]) -> None:
-    """Write OUT/<rel> through a temporary file and a rename: never half a file."""
-    final = Path(out_dir) / rel
-    final.parent.mkdir(parents=True, exist_ok=True)
+    """Write OUT/<rel> through a temporary file in OUT/.tmp/evaluation and a rename: never half a file."""
     tmp_dir = Path(out_dir) / TMP
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{uuid.uuid4().hex}{final.suffix}"
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomic(Path(out_dir) / rel, tmp_dir, write)
 
 
 def clear_tmp(out_dir: Path) -> None:

@@ -62,18 +62,9 @@ def evaluate(out_dir: Path, options: Options, *, methods: list[str] | None = Non
     groups: dict[str, list[Job]] = {}
     for job in work.jobs:
         groups.setdefault(group_key(job.source), []).append(job)
-    bar = Progress(sum(units(job, options) for job in work.jobs), "input", show=progress)
     try:
-        try:
-            for jobs in groups.values():
-                _group(out_dir, jobs, options, truth, result, bar, device=device, batch_size=batch_size,
-                       chunk=chunk)
-        except KeyboardInterrupt as exc:
-            result.interrupted = interrupt_code(exc)
-            log.warning("interrupted after %d of %d; rerun the same command to finish", result.evaluated,
-                        len(work.jobs))
-        finally:
-            bar.close()
+        _groups(out_dir, groups, options, truth, result, progress, device=device, batch_size=batch_size,
+                chunk=chunk)
         if not result.interrupted:
             result.data = summary(out_dir, options, work.current)
             write_summary(out_dir, result.data)
@@ -82,6 +73,22 @@ def evaluate(out_dir: Path, options: Options, *, methods: list[str] | None = Non
     finally:
         clear_tmp(out_dir)  # after the summary and the report, which are written through it too
     return result
+
+
+def _groups(out_dir: Path, groups: dict[str, list[Job]], options: Options, truth: Any, result: Evaluation,
+            progress: bool, **batching: Any) -> None:
+    """Every group's jobs, under one progress bar; Ctrl-C or SIGTERM ends
+    the loop and is recorded in `result.interrupted`."""
+    jobs = [job for group in groups.values() for job in group]
+    bar = Progress(sum(units(job, options) for job in jobs), "input", show=progress)
+    try:
+        for group in groups.values():
+            _group(out_dir, group, options, truth, result, bar, **batching)
+    except KeyboardInterrupt as exc:
+        result.interrupted = interrupt_code(exc)
+        log.warning("interrupted after %d of %d; rerun the same command to finish", result.evaluated, len(jobs))
+    finally:
+        bar.close()
 
 
 def units(job: Job, options: Options) -> int:
