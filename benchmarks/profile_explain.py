@@ -96,15 +96,18 @@ def main() -> None:
         subprocess.run([spy, "record", "--rate", str(args.rate), "--threads", "--idle", "--format", "raw",
                         "-o", str(raw), "--", *run], check=True, stdout=subprocess.DEVNULL)
         threads = parse(raw.read_text())
-    main_thread = [(fs, n) for fs, n in threads.get("MainThread", []) if any(f.startswith(LOOP) for f in fs)]
+    main_thread = []  # its stacks inside the streaming loop, from the loop's frame down
+    for fs, n in threads.get("MainThread", []):
+        at = next((i for i, f in enumerate(fs) if f.startswith(LOOP)), None)
+        if at is not None:
+            main_thread.append((fs[at:], n))
     writers = threads.get("saliency-writer", [])
     waiting = sum(n for fs, n in writers if fs[-1].startswith(IDLE_WRITER))
     busy = [(fs, n) for fs, n in writers if not fs[-1].startswith(IDLE_WRITER)]
     what = f"{args.images} {'JPEG' if args.jpeg else 'sample'} photos, -m {' -m '.join(args.methods or ['grad-cam'])}"
     print(f"# saliency explain, {what}, --device {args.device}; py-spy at {args.rate} Hz, waits included")
     table("main thread in the streaming loop", main_thread, args.rows, inclusive=False)
-    table("main thread in the streaming loop", [(fs[fs.index(next(f for f in fs if f.startswith(LOOP))):], n)
-                                               for fs, n in main_thread], args.rows, inclusive=True)
+    table("main thread in the streaming loop", main_thread, args.rows, inclusive=True)
     share = 100 * waiting / max(1, waiting + sum(n for _, n in busy))
     table(f"writer threads, while busy (waiting for work {share:.0f}% of their samples)", busy, args.rows,
           inclusive=False)
