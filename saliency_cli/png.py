@@ -1,6 +1,7 @@
 """PNG encoding and decoding. Every PNG the tool writes (overlays, bare
 heatmaps, detection PNGs, grids) goes through `encode`; photos stored as
-PNGs are read through `decode_plain` where it can (end of this module).
+PNGs are read through `decode_plain` where it can (end of this module:
+ISA-L inflates, libpng unfilters).
 
 Three encoders, all lossless (the pixels are the same; the time, the file
 size and Python's GIL differ; BENCHMARKS.md, a 600x400 photo overlay):
@@ -30,6 +31,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -52,7 +54,7 @@ try:
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - depends on the platform
     _isal = None
-try:  # libpng with zlib-ng (wheels for Linux, macOS and Windows, x86_64 and arm64)
+try:  # libpng, which inflates with the system's zlib (wheels for Linux, macOS and Windows, x86_64 and arm64)
     import imagecodecs as _imagecodecs
 except ImportError:  # pragma: no cover - depends on the platform
     _imagecodecs = None
@@ -132,13 +134,14 @@ def decode_plain(data: bytes, max_pixels: int | None) -> np.ndarray | None:
     not interlaced, no transparency key, no orientation, no animation, at
     most `max_pixels`), the alpha channel dropped, as Pillow decodes and
     converts it to RGB; decoded by libpng (imagecodecs), which releases the
-    GIL and unfilters rows 1.3-3x as fast as Pillow's decoder (BENCHMARKS.md).
+    GIL and unfilters rows 1.3-3x as fast as Pillow's decoder (BENCHMARKS.md),
+    its image data inflated first by ISA-L where that pays (`_stored`).
     None for any other PNG, or where libpng finds fault: Pillow decodes those
     (and names the fault)."""
     if _imagecodecs is None or not _plain(data, max_pixels):
         return None
     try:
-        pixels = _imagecodecs.png_decode(data)
+        pixels = _imagecodecs.png_decode(_stored(data) or data)
     except Exception:  # a damaged file: Pillow's decoder gives the error its message
         return None
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
@@ -154,18 +157,79 @@ def _plain(data: bytes, max_pixels: int | None) -> bool:
     width, height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
     if depth != 8 or colour not in (2, 6) or interlace or (max_pixels and width * height > max_pixels):
         return False
-    position = 8
-    while position + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
+    for kind, start, length in _chunks(data):
         if kind == b"IEND":
             return True
         if kind in _TEXT_CHUNKS:
-            if not _plain_text(kind, data[position + 8:position + 8 + length]):
+            if not _plain_text(kind, data[start + 8:start + 8 + length]):
                 return False
         elif kind not in _PLAIN_CHUNKS:
             return False
-        position += 12 + length
     return False  # no IEND: truncated
+
+
+def _chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(kind, where the chunk starts, length of its body) of each chunk of
+    a PNG, up to IEND or the end of `data`."""
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        yield kind, position, length
+        if kind == b"IEND":
+            return
+        position += 12 + length
+
+
+_STORED_BLOCK = 65535  # the most a stored deflate block holds
+
+
+def _stored(data: bytes) -> bytes | None:
+    """A plain PNG (`_plain`) with its image data inflated by ISA-L and put
+    back uncompressed (stored deflate blocks, one IDAT chunk), the other
+    chunks as they were: libpng, which inflates with the system's zlib, then
+    only copies the rows and unfilters them. ISA-L inflates in 0.4-0.5 of
+    zlib 1.2's time, and the sample photos decode in 0.56-0.60 of the time
+    (BENCHMARKS.md); it releases the GIL as libpng does.
+
+    None where that does not pay, the image data being stored already, or
+    where anything is amiss: an IDAT chunk's CRC, chunks between the IDAT
+    chunks, a zlib stream that is damaged or does not inflate to exactly
+    the image's rows (inflating stops there: a stream that would inflate
+    beyond them costs no memory). libpng then reads the file as it is, and
+    finds the fault where there is one."""
+    if _isal is None:
+        return None
+    width, height, _, colour = struct.unpack_from(">IIBB", data, 16)
+    size = height * (1 + width * (3 if colour == 2 else 4))  # each row: a filter byte, then 8-bit RGB(A)
+    idats = [(start, length) for kind, start, length in _chunks(data) if kind == b"IDAT"]
+    if not idats or sum(length for _, length in idats) >= size:  # stored already (or no image data)
+        return None
+    before, after = idats[0][0], idats[-1][0] + 12 + idats[-1][1]
+    if after - before != sum(12 + length for _, length in idats):  # another chunk between them
+        return None
+    view = memoryview(data)
+    compressed = [view[start + 8:start + 8 + length] for start, length in idats]
+    for (start, length), body in zip(idats, compressed):
+        if _isal.crc32(body, _isal.crc32(b"IDAT")) != struct.unpack_from(">I", data, start + 8 + length)[0]:
+            return None
+    inflater = _isal.decompressobj()
+    try:
+        rows = inflater.decompress(compressed[0] if len(compressed) == 1 else b"".join(compressed), size)
+    except _isal.error:
+        return None
+    if len(rows) != size or not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        return None
+    rows = memoryview(rows)
+    body = [b"\x78\x01"]  # zlib's header: deflate, 32K window
+    for start in range(0, size, _STORED_BLOCK):
+        block = rows[start:start + _STORED_BLOCK]
+        body += [struct.pack("<BHH", start + _STORED_BLOCK >= size, len(block), 0xFFFF ^ len(block)), block]
+    body.append(struct.pack(">I", _isal.adler32(rows)))
+    crc = _isal.crc32(b"IDAT")
+    for piece in body:
+        crc = _isal.crc32(piece, crc)
+    return b"".join([view[:before], struct.pack(">I4s", sum(map(len, body)), b"IDAT"), *body,
+                     struct.pack(">I", crc), view[after:]])
 
 
 def _plain_text(kind: bytes, body: bytes) -> bool:

@@ -231,3 +231,89 @@ def test_libpng_leaves_other_threads_the_gil():
         stop.set()
         thread.join()
     assert beside > 0.2 * alone, (alone, beside)
+
+
+# ------------------------------------------------------------------ ISA-L's inflating (png._stored)
+
+SMOOTH = np.dstack([np.add.outer(np.arange(90), np.arange(120)) // k for k in (1, 2, 3)]).astype(np.uint8)
+
+
+def idat_bodies(content: bytes) -> list[bytes]:
+    return [content[start + 8:start + 8 + length] for kind, start, length in png._chunks(content) if kind == b"IDAT"]
+
+
+def zlib_in_idats(pixels: np.ndarray, stream: bytes, parts: int = 1) -> bytes:
+    """A PNG of `pixels`' size whose image data is `stream`, cut into `parts` IDAT chunks."""
+    height, width = pixels.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    cuts = np.linspace(0, len(stream), parts + 1).astype(int)
+    idats = b"".join(chunk(b"IDAT", stream[a:b]) for a, b in zip(cuts[:-1], cuts[1:]))
+    return png.SIGNATURE + chunk(b"IHDR", header) + idats + chunk(b"IEND", b"")
+
+
+def unfiltered_rows(pixels: np.ndarray) -> bytes:
+    return np.hstack([np.zeros((pixels.shape[0], 1), np.uint8), pixels.reshape(pixels.shape[0], -1)]).tobytes()
+
+
+@pytest.mark.parametrize("image", [Image.fromarray(SMOOTH, "RGB"), Image.fromarray(np.dstack([SMOOTH, SMOOTH[..., :1]]),
+                                                                                  "RGBA")])
+def test_compressed_image_data_is_inflated_by_isal_and_stored_for_libpng(image, monkeypatch):
+    content = saved(image, compress_level=9)
+    stored = png._stored(content)
+    assert stored is not None and png._plain(stored, None)
+    (body,) = idat_bodies(stored)
+    channels = len(image.getbands())
+    rows = image.height * (1 + image.width * channels)
+    assert body[:2] == b"\x78\x01" and body[2] & 0b110 == 0  # zlib, then a stored deflate block
+    assert zlib.decompress(body) == zlib.decompress(b"".join(idat_bodies(content)))
+    assert len(body) == 2 + rows + 5 * -(-rows // 65535) + 4
+    with Image.open(io.BytesIO(stored)) as reopened:  # a valid PNG: every CRC and the adler32 check out
+        assert np.array_equal(np.asarray(reopened), np.asarray(image))
+    given = []
+    real = png._imagecodecs.png_decode
+    monkeypatch.setattr(png._imagecodecs, "png_decode", lambda b: given.append(b) or real(b))
+    assert np.array_equal(png.decode_plain(content, None), SMOOTH)
+    assert given == [stored]
+
+
+def test_image_data_in_several_idat_chunks_is_inflated_whole():
+    content = zlib_in_idats(SMOOTH, zlib.compress(unfiltered_rows(SMOOTH)), parts=5)
+    assert len(idat_bodies(content)) == 5 and png._stored(content) is not None
+    assert np.array_equal(png.decode_plain(content, None), SMOOTH)
+
+
+@pytest.mark.parametrize("case", ["stored already", "bad crc", "stream too short", "stream too long",
+                                  "chunk between the idats", "no isal"])
+def test_libpng_reads_the_file_as_it_is_where_inflating_first_would_not_do(case, tmp_path, monkeypatch):
+    rows = unfiltered_rows(SMOOTH)
+    content = {
+        "stored already": saved(Image.fromarray(SMOOTH, "RGB"), compress_level=0),
+        "stream too short": zlib_in_idats(SMOOTH, zlib.compress(rows[:-40])),
+        "stream too long": zlib_in_idats(SMOOTH, zlib.compress(rows + bytes(3 * len(rows)))),
+    }.get(case, zlib_in_idats(SMOOTH, zlib.compress(rows), parts=2))
+    if case == "bad crc":
+        content = content[:-13] + bytes([content[-13] ^ 1]) + content[-12:]  # the last IDAT's CRC
+    elif case == "chunk between the idats":
+        first = next(start + 12 + length for kind, start, length in png._chunks(content) if kind == b"IDAT")
+        content = content[:first] + chunk(b"tEXt", b"Comment\0between") + content[first:]
+    elif case == "no isal":
+        monkeypatch.setattr(png, "_isal", None)
+    assert png._stored(content) is None
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    assert_same(loaded(path), pillow_only(path, monkeypatch))
+
+
+def test_a_stream_that_would_inflate_far_beyond_the_image_costs_no_memory():
+    import tracemalloc
+
+    rows = unfiltered_rows(SMOOTH)
+    content = zlib_in_idats(SMOOTH, zlib.compress(rows + bytes(300 * len(rows))))  # 10 MB of zeros after the rows
+    assert len(idat_bodies(content)[0]) < len(rows)  # compressed: _stored inflates it
+    tracemalloc.start()
+    try:
+        assert png._stored(content) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * len(rows), peak  # a tenth of the stream, inflated whole
