@@ -187,9 +187,11 @@ def _stored(data: bytes) -> bytes | None:
     """A plain PNG (`_plain`) with its image data inflated by ISA-L and put
     back uncompressed (stored deflate blocks, one IDAT chunk), the other
     chunks as they were: libpng, which inflates with the system's zlib, then
-    only copies the rows and unfilters them. ISA-L inflates in 0.4-0.5 of
-    zlib 1.2's time, and the sample photos decode in 0.56-0.60 of the time
-    (BENCHMARKS.md); it releases the GIL as libpng does.
+    only copies the rows and unfilters them. ISA-L inflates the sample
+    photos in 0.45-0.46 of zlib 1.2's time, and they decode in 0.59-0.62 of
+    libpng's time alone (BENCHMARKS.md); it releases the GIL as libpng does.
+    The inflated rows and their stored copy are held while libpng reads
+    them: twice the photo's decoded size, for the moment.
 
     None where that does not pay, the image data being stored already, or
     where anything is amiss: an IDAT chunk's CRC, chunks between the IDAT

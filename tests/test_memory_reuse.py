@@ -21,7 +21,11 @@ from saliency_cli.runtime import reuse_freed_memory
 applied = {reuse} and reuse_freed_memory()
 def batch():
     held = [torch.ones(n << 20, dtype=torch.uint8) for n in {mib}]
-batch()  # the first batch takes its memory from the system either way
+# the first batches take their memory from the system either way: the heap grows until the blocks
+# fit in what earlier batches freed whatever the order (on some machines once, on others by a
+# 40 MiB block at each of the next 1-4 batches)
+for _ in range(8):
+    batch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
     batch()
@@ -40,7 +44,7 @@ def faults(reuse: bool) -> tuple[bool, int]:
 def test_freed_blocks_are_reused_not_faulted_in_again():
     pages = 20 * (sum(MIB) << 20) // 4096  # what taking every block afresh from the system costs
     applied, reused = faults(True)
-    assert applied and reused < pages // 20  # the memory of the first batch serves the others: 1.4%
+    assert applied and reused < pages // 100  # the memory of the first batches serves the others: 0-1 faults
     applied, default = faults(False)
     assert not applied
     if "[always]" not in _transparent_hugepages():  # else a fault maps 2 MiB: few faults either way
