@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,6 +221,31 @@ def test_the_command_list_shows_each_summary_on_one_line():
     for command in app.registered_commands:
         summary = " ".join(inspect.getdoc(command.callback).split("\n\n")[0].split())
         assert summary in listing, summary
+
+
+def test_help_shows_flags_bare_and_values_by_what_they_are():
+    """In every command's --help an on/off option is the bare `--name` (Typer
+    would add `<bool>`, as if it took a value), and an option that takes a
+    value shows what to write (N, NAME, FILE), not a Python type
+    (`<int range>`, `<list[str]>`)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from saliency_cli.cli import app
+
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        helptext = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).stdout
+        for param in command.params:
+            if param.param_type_name != "option":  # (Typer brings its own click: no isinstance)
+                continue
+            row = next(line for line in helptext.splitlines() if re.match(rf"\W+{param.opts[0]}\s", line))
+            assert not re.search(r"<(bool|int|float|str|path|list)\b", row), (name, row)
+            if not param.is_flag:
+                assert param.metavar and f" {param.metavar} " in row, (name, row)
+            checked += 1
+    assert checked > 50, checked
 
 
 def test_config_command_shows_effective_values():

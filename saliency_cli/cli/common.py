@@ -52,17 +52,29 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version (and torch's) and exit.")] = False,
+    version: Annotated[bool, flag("--version", callback=_version, is_eager=True,
+                                  help="Print the version (and torch's) and exit.")] = False,
 ) -> None:
     pass
 
 
+def option(*names: str, help: str, metavar: str, **kwargs: Any) -> typer.models.OptionInfo:
+    """An option taking a value, shown in --help as `--name METAVAR` (Typer
+    would show the Python type: `<int range>`, `<list[str]>`), without a
+    default unless `show_default=True`."""
+    return typer.Option(*names, help=help, metavar=metavar, show_default=kwargs.pop("show_default", False), **kwargs)
+
+
+def flag(*names: str, help: str, **kwargs: Any) -> typer.models.OptionInfo:
+    """An on/off option, shown in --help as the bare `--name` (Typer would add
+    `<bool>`, which reads as if it took a value)."""
+    return typer.Option(*names, help=help, metavar="", **kwargs)
+
+
 ConfigOpt = Annotated[
     Optional[Path],
-    typer.Option("--config", "-c", help="YAML config file. Default: the built-in offline "
-                 "EfficientNet-Lite0 (ImageNet) config, as in configs/efficientnet_lite0.yaml.",
-                 show_default=False),
+    option("--config", "-c", metavar="FILE", help="YAML config file. Default: the built-in offline "
+           "EfficientNet-Lite0 (ImageNet) config, as in configs/efficientnet_lite0.yaml."),
 ]
 SetOpt = Annotated[
     Optional[list[str]],
@@ -70,7 +82,7 @@ SetOpt = Annotated[
                  "--set methods.smoothgrad.n=25 (repeatable; the value is read as YAML).",
                  show_default=False),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug messages.")]
+DebugOpt = Annotated[bool, flag("--debug", help="Show tracebacks and debug messages.")]
 
 
 def on_sigterm(signum: int, frame: Any) -> None:

@@ -13,50 +13,48 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, handle_errors, load, on_sigterm, setup_logging
+from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, on_sigterm, option, setup_logging
 
 log = logging.getLogger("saliency")
 
 
-def _opt(*names: str, help: str, **kwargs) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, show_default=kwargs.pop("show_default", False), **kwargs)
 
-
-Out = Annotated[Path, typer.Argument(help="Output folder of saliency explain (its manifest and .npy maps).",
-                                     show_default=False)]
-Metric = Annotated[Optional[list[str]], _opt("--metric", help="deletion, insertion, average-drop, increase, "
-                   "pointing, energy-pointing, sanity or all (repeatable). Default: deletion, insertion, "
-                   "average-drop, increase, and the pointing games with --boxes.")]
-Method = Annotated[Optional[list[str]], _opt("--method", "-m", help="Evaluate only this method's maps "
-                   "(repeatable). Default: every method in OUT.")]
-Boxes = Annotated[Optional[Path], _opt("--boxes", help="Ground-truth boxes, COCO-format JSON (for the pointing "
-               "games); categories match the model's labels by name.")]
-Steps = Annotated[int, _opt("--steps", min=1, help="Deletion/insertion steps S (k_s = round(s*N/S) pixels at "
-              "step s).", show_default=True)]
-DeletionSub = Annotated[str, _opt("--deletion-substrate", help="What deleted pixels become: zero (0 after "
-                        "normalisation: the mean colour), black, noise or blur.", show_default=True)]
-InsertionSub = Annotated[str, _opt("--insertion-substrate", help="What insertion starts from: blur (RISE: "
-                         "Gaussian 11x11, sigma 5), zero, black or noise.", show_default=True)]
-Score = Annotated[str, _opt("--score", help="Deletion/insertion score: probability (softmax) or logit.",
-              show_default=True)]
-Tolerance = Annotated[float, _opt("--tolerance", min=0, help="Pointing game: a hit within this many photo "
-                      "pixels of a box.", show_default=True)]
-SanitySteps = Annotated[int, _opt("--sanity-steps", min=1, help="Sanity check: randomisation steps at which "
-                        "the maps are recomputed (every layer when the model has fewer).", show_default=True)]
-Seed = Annotated[int, _opt("--seed", help="Seed of the noise substrate and the re-initialised weights.",
-             show_default=True)]
-Json = Annotated[bool, _opt("--json", help="Print the summary as JSON on stdout (nothing else goes there).")]
-FailUnder = Annotated[Optional[list[str]], _opt("--fail-under", metavar="METRIC=VALUE", help="Exit with 1 "
+Out = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder of saliency explain (its manifest and .npy "
+                                     "maps).", show_default=False)]
+Metric = Annotated[Optional[list[str]], option(
+    "--metric", metavar="NAME", help="deletion, insertion, average-drop, increase, pointing, energy-pointing, sanity "
+    "or all (repeatable). Default: deletion, insertion, average-drop, increase, and the pointing games with --boxes.")]
+Method = Annotated[Optional[list[str]], option("--method", "-m", metavar="NAME", help="Evaluate only this method's "
+                   "maps (repeatable). Default: every method in OUT.")]
+Boxes = Annotated[Optional[Path], option("--boxes", metavar="FILE", help="Ground-truth boxes, COCO-format JSON (for "
+                  "the pointing games); categories match the model's labels by name.")]
+Steps = Annotated[int, option("--steps", metavar="S", min=1, help="Deletion/insertion steps S (k_s = round(s*N/S) "
+                  "pixels at step s).", show_default=True)]
+DeletionSub = Annotated[str, option("--deletion-substrate", metavar="NAME", help="What deleted pixels become: zero "
+                        "(0 after normalisation: the mean colour), black, noise or blur.", show_default=True)]
+InsertionSub = Annotated[str, option("--insertion-substrate", metavar="NAME", help="What insertion starts from: "
+                         "blur (RISE: Gaussian 11x11, sigma 5), zero, black or noise.", show_default=True)]
+Score = Annotated[str, option("--score", metavar="NAME", help="Deletion/insertion score: probability (softmax) or "
+                  "logit.", show_default=True)]
+Tolerance = Annotated[float, option("--tolerance", metavar="PIXELS", min=0, help="Pointing game: a hit within this "
+                      "many photo pixels of a box.", show_default=True)]
+SanitySteps = Annotated[int, option("--sanity-steps", metavar="N", min=1, help="Sanity check: randomisation steps at "
+                        "which the maps are recomputed (every layer when the model has fewer).", show_default=True)]
+Seed = Annotated[int, option("--seed", metavar="N", help="Seed of the noise substrate and the re-initialised "
+                 "weights.", show_default=True)]
+Json = Annotated[bool, flag("--json", help="Print the summary as JSON on stdout (nothing else goes there).")]
+FailUnder = Annotated[Optional[list[str]], option("--fail-under", metavar="METRIC=VALUE", help="Exit with 1 "
                       "when a method's mean of METRIC is below VALUE, e.g. insertion=0.5 (repeatable).")]
-FailOver = Annotated[Optional[list[str]], _opt("--fail-over", metavar="METRIC=VALUE", help="Exit with 1 when "
+FailOver = Annotated[Optional[list[str]], option("--fail-over", metavar="METRIC=VALUE", help="Exit with 1 when "
                      "a method's mean is above VALUE, for metrics where lower is better (deletion=0.2).")]
-Report = Annotated[bool, _opt("--report", help="Also write OUT/evaluation.html: the table and the mean "
+Report = Annotated[bool, flag("--report", help="Also write OUT/evaluation.html: the table and the mean "
                    "deletion/insertion curves per method.")]
-Device = Annotated[Optional[str], _opt("--device", help="auto, cpu, cuda or cuda:N (default: the config's).")]
-BatchSize = Annotated[Optional[int], _opt("--batch-size", min=1, help="Images per batch; all their maps go "
-                      "through the model together (default: the config's runtime.batch_size).")]
-Overwrite = Annotated[bool, _opt("--overwrite", help="Recompute metrics an earlier run already computed.")]
-Quiet = Annotated[bool, _opt("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
+Device = Annotated[Optional[str], option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: "
+                   "the config's).")]
+BatchSize = Annotated[Optional[int], option("--batch-size", metavar="N", min=1, help="Images per batch; all their "
+                      "maps go through the model together (default: the config's runtime.batch_size).")]
+Overwrite = Annotated[bool, flag("--overwrite", help="Recompute metrics an earlier run already computed.")]
+Quiet = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
 
 EPILOG = (
     "[bold]Examples[/bold]\n\n"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import OutputClosed, SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, handle_errors, load, on_sigterm, setup_logging
+from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, on_sigterm, option, setup_logging
 
 if TYPE_CHECKING:
     from ..pipeline import RunSummary
@@ -21,43 +21,41 @@ if TYPE_CHECKING:
 log = logging.getLogger("saliency")
 
 
-def _opt(*names: str, help: str, **kwargs) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, show_default=kwargs.pop("show_default", False), **kwargs)
 
-
-Paths = Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively, sorted) or - to "
-                                            "read paths from stdin.", show_default=False)]
-Methods = Annotated[Optional[list[str]], _opt("--method", "-m", help="Method to run (repeatable; `all` for every "
-                    "method of the task that applies to the model, the others named and skipped). Default: the "
-                    "config's `run` list. See `saliency methods`.")]
-Out = Annotated[Path, _opt("--out", "-o", help="Output folder.", show_default=True)]
-BatchSize = Annotated[Optional[int], _opt("--batch-size", min=1, help="Images per batch (config "
+Paths = Annotated[list[str], typer.Argument(metavar="PATH", help="Image files, folders (searched recursively, "
+                                            "sorted) or - to read paths from stdin.", show_default=False)]
+Methods = Annotated[Optional[list[str]], option(
+    "--method", "-m", metavar="NAME", help="Method to run (repeatable; `all` for every method of the task that "
+    "applies to the model, the others named and skipped). Default: the config's `run` list. See `saliency methods`.")]
+Out = Annotated[Path, option("--out", "-o", metavar="DIR", help="Output folder.", show_default=True)]
+BatchSize = Annotated[Optional[int], option("--batch-size", metavar="N", min=1, help="Images per batch (config "
                       "runtime.batch_size, default 8).")]
-Device = Annotated[Optional[str], _opt("--device", help="auto, cpu, cuda or cuda:N (default auto: CUDA when "
-                   "available).")]
-Target = Annotated[Optional[str], _opt("--target", help="Class to explain: predicted (each image's top-1, "
-                   "default), a class index, or a class name.")]
-TopK = Annotated[Optional[int], _opt("--top-k", min=1, help="Predictions recorded per image (default 5).")]
-Overwrite = Annotated[bool, _opt("--overwrite", help="Recompute images that an earlier run already finished.")]
-Quiet = Annotated[bool, _opt("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
-Jsonl = Annotated[bool, _opt("--jsonl", help="Print each manifest record to stdout as it is written (nothing "
+Device = Annotated[Optional[str], option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default "
+                   "auto: CUDA when available).")]
+Target = Annotated[Optional[str], option("--target", metavar="CLASS", help="Class to explain: predicted (each "
+                   "image's top-1, default), a class index, or a class name.")]
+TopK = Annotated[Optional[int], option("--top-k", metavar="K", min=1, help="Predictions recorded per image "
+                 "(default 5).")]
+Overwrite = Annotated[bool, flag("--overwrite", help="Recompute images that an earlier run already finished.")]
+Quiet = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
+Jsonl = Annotated[bool, flag("--jsonl", help="Print each manifest record to stdout as it is written (nothing "
                   "else goes to stdout).")]
-Grid = Annotated[bool, _opt("--grid", help="Also write OUT/<image>/grid.png: the photo and every method side by "
+Grid = Annotated[bool, flag("--grid", help="Also write OUT/<image>/grid.png: the photo and every method side by "
                  "side, labelled.")]
-Report = Annotated[bool, _opt("--report", help="Also write OUT/report.html, a static page of every image and "
+Report = Annotated[bool, flag("--report", help="Also write OUT/report.html, a static page of every image and "
                    "method (paged, lazy-loading).")]
-NoOverlay = Annotated[bool, _opt("--no-overlay", help="PNGs show the bare heatmap, not blended over the photo.")]
-Colormap = Annotated[Optional[str], _opt("--colormap", help="jet (default), viridis, inferno or gray; signed maps "
-                     "always use blue-white-red.")]
-Amp = Annotated[bool, _opt("--amp", help="Autocast classifiers to bfloat16: faster where the hardware has "
+NoOverlay = Annotated[bool, flag("--no-overlay", help="PNGs show the bare heatmap, not blended over the photo.")]
+Colormap = Annotated[Optional[str], option("--colormap", metavar="NAME", help="jet (default), viridis, inferno or "
+                     "gray; signed maps always use blue-white-red.")]
+Amp = Annotated[bool, flag("--amp", help="Autocast classifiers to bfloat16: faster where the hardware has "
                 "bfloat16 units; CAM maps barely change, raw gradients do (see README).")]
-FailFast = Annotated[bool, _opt("--fail-fast", help="Stop after the batch in which an input first fails (exit "
+FailFast = Annotated[bool, flag("--fail-fast", help="Stop after the batch in which an input first fails (exit "
                      "code 1) instead of recording it and going on.")]
-Profile = Annotated[bool, _opt("--profile", help="At the end, print on stderr where the time went: decode, "
+Profile = Annotated[bool, flag("--profile", help="At the end, print on stderr where the time went: decode, "
                     "transfer, attribution, render, encode, write, idle (seconds and share of the wall time).")]
-Hidden = Annotated[bool, _opt("--include-hidden", help="Also take hidden files and folders (names starting with a "
+Hidden = Annotated[bool, flag("--include-hidden", help="Also take hidden files and folders (names starting with a "
                    "dot, such as .ipynb_checkpoints) inside folders; skipped by default.")]
-Shard = Annotated[Optional[str], _opt("--shard", metavar="K/N", help="Process only shard K (0..N-1) of N of the "
+Shard = Annotated[Optional[str], option("--shard", metavar="K/N", help="Process only shard K (0..N-1) of N of the "
                   "sorted inputs; under torchrun the run shards itself by RANK/WORLD_SIZE. The last shard to "
                   "finish merges the manifests.")]
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, handle_errors, load, setup_logging
+from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, setup_logging
 
 log = logging.getLogger("saliency")
 
@@ -18,8 +18,8 @@ log = logging.getLogger("saliency")
 @app.command("methods")
 @handle_errors
 def methods_cmd(
-    params: Annotated[bool, typer.Option("--params", "-p", help="Also list each method's "
-                      "parameters with their defaults.")] = False,
+    params: Annotated[bool, flag("--params", "-p", help="Also list each method's parameters with their "
+                      "defaults.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """List the attribution methods (names for -m)."""
@@ -37,7 +37,7 @@ def methods_cmd(
 @app.command("merge", epilog="[bold]Example[/bold]\n\n  saliency merge out/")
 @handle_errors
 def merge_cmd(
-    out: Annotated[Path, typer.Argument(help="Output folder of a sharded run.", show_default=False)],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder of a sharded run.", show_default=False)],
     debug: DebugOpt = False,
 ) -> None:
     """Fold the manifest parts of a sharded run into OUT/manifest.jsonl (one
@@ -56,7 +56,7 @@ def merge_cmd(
 @app.command("report", epilog="[bold]Example[/bold]\n\n  saliency report out/ && xdg-open out/report.html")
 @handle_errors
 def report_cmd(
-    out: Annotated[Path, typer.Argument(help="Output folder of one or more runs.", show_default=False)],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder of one or more runs.", show_default=False)],
     debug: DebugOpt = False,
 ) -> None:
     """(Re)write OUT/report.html from the manifest: one row per image, one

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import SaliencyError
-from .common import DebugOpt, app, handle_errors, setup_logging
+from .common import DebugOpt, app, flag, handle_errors, setup_logging
 
 log = logging.getLogger("saliency")
 
@@ -20,8 +20,8 @@ log = logging.getLogger("saliency")
              "Exit codes: 0 every file loads as recorded, 1 problems found, 2 no manifest in OUT.")
 @handle_errors
 def verify_cmd(
-    out: Annotated[Path, typer.Argument(help="Output folder of one or more runs.", show_default=False)],
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary; only the problems.")] = False,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder of one or more runs.", show_default=False)],
+    quiet: Annotated[bool, flag("--quiet", "-q", help="No summary; only the problems.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Check every file the manifest's current records name: it exists, each
