@@ -83,6 +83,7 @@ SetOpt = Annotated[
                  show_default=False),
 ]
 DebugOpt = Annotated[bool, flag("--debug", help="Show tracebacks and debug messages.")]
+QuietOpt = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
 
 
 def on_sigterm(signum: int, frame: Any) -> None:

@@ -13,7 +13,19 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, on_sigterm, option, setup_logging
+from .common import (
+    ConfigOpt,
+    DebugOpt,
+    QuietOpt,
+    SetOpt,
+    app,
+    flag,
+    handle_errors,
+    load,
+    on_sigterm,
+    option,
+    setup_logging,
+)
 
 log = logging.getLogger("saliency")
 
@@ -54,7 +66,6 @@ Device = Annotated[Optional[str], option("--device", metavar="DEVICE", help="aut
 BatchSize = Annotated[Optional[int], option("--batch-size", metavar="N", min=1, help="Images per batch; all their "
                       "maps go through the model together (default: the config's runtime.batch_size).")]
 Overwrite = Annotated[bool, flag("--overwrite", help="Recompute metrics an earlier run already computed.")]
-Quiet = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
 
 EPILOG = (
     "[bold]Examples[/bold]\n\n"
@@ -78,7 +89,7 @@ def evaluate(out: Out, metric: Metric = None, method: Method = None, boxes: Boxe
              score: Score = "probability", tolerance: Tolerance = 15.0, sanity_steps: SanitySteps = 10,
              seed: Seed = 0, json_: Json = False, fail_under: FailUnder = None, fail_over: FailOver = None,
              report: Report = False, device: Device = None, batch_size: BatchSize = None,
-             overwrite: Overwrite = False, quiet: Quiet = False, config: ConfigOpt = None, set_: SetOpt = None,
+             overwrite: Overwrite = False, quiet: QuietOpt = False, config: ConfigOpt = None, set_: SetOpt = None,
              debug: DebugOpt = False) -> None:
     """Score the maps of an output folder: deletion, insertion, average drop, increase in confidence,
     pointing games, sanity check; per method, the mean with its 95% confidence interval."""

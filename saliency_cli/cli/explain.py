@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import OutputClosed, SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, on_sigterm, option, setup_logging
+from .common import (
+    ConfigOpt,
+    DebugOpt,
+    QuietOpt,
+    SetOpt,
+    app,
+    flag,
+    handle_errors,
+    load,
+    on_sigterm,
+    option,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import RunSummary
@@ -37,7 +49,6 @@ Target = Annotated[Optional[str], option("--target", metavar="CLASS", help="Clas
 TopK = Annotated[Optional[int], option("--top-k", metavar="K", min=1, help="Predictions recorded per image "
                  "(default 5).")]
 Overwrite = Annotated[bool, flag("--overwrite", help="Recompute images that an earlier run already finished.")]
-Quiet = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
 Jsonl = Annotated[bool, flag("--jsonl", help="Print each manifest record to stdout as it is written (nothing "
                   "else goes to stdout).")]
 Grid = Annotated[bool, flag("--grid", help="Also write OUT/<image>/grid.png: the photo and every method side by "
@@ -80,7 +91,7 @@ EPILOG = (
 @handle_errors
 def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out: Out = Path("saliency-out"),
             batch_size: BatchSize = None, device: Device = None, target: Target = None, top_k: TopK = None,
-            overwrite: Overwrite = False, quiet: Quiet = False, jsonl: Jsonl = False, grid: Grid = False,
+            overwrite: Overwrite = False, quiet: QuietOpt = False, jsonl: Jsonl = False, grid: Grid = False,
             report: Report = False, no_overlay: NoOverlay = False, colormap: Colormap = None, amp: Amp = False,
             fail_fast: FailFast = False, shard: Shard = None, include_hidden: Hidden = False,
             profile: Profile = False, set_: SetOpt = None,
