@@ -12,6 +12,7 @@ waiting for the device or for the next batch shows as such.
     python benchmarks/profile_explain.py                               # CPU, grad-cam, 256 photos
     python benchmarks/profile_explain.py --device cuda --images 1024 -m gradient
     python benchmarks/profile_explain.py --jpeg --raw out.txt          # JPEG photos; keep py-spy's stacks
+    python benchmarks/profile_explain.py --gil                         # only samples holding Python's GIL
 
 Needs py-spy (`pip install py-spy`), which must be allowed to trace its child.
 """
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy's samples per second")
     parser.add_argument("--rows", type=int, default=20)
     parser.add_argument("--raw", type=Path, help="keep py-spy's stacks in this file")
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding Python's GIL: "
+                        "what keeps the others waiting for it")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +96,8 @@ def main() -> None:
         run = [sys.executable, "-m", "saliency_cli", "explain", str(photos), "-o", str(Path(tmp) / "out"), "-q",
                "--device", args.device, *[a for m in args.methods or ["grad-cam"] for a in ("-m", m)],
                *(["--batch-size", str(args.batch)] if args.batch else [])]
-        subprocess.run([spy, "record", "--rate", str(args.rate), "--threads", "--idle", "--format", "raw",
+        sampling = ["--gil"] if args.gil else ["--idle"]
+        subprocess.run([spy, "record", "--rate", str(args.rate), "--threads", *sampling, "--format", "raw",
                         "-o", str(raw), "--", *run], check=True, stdout=subprocess.DEVNULL)
         threads = parse(raw.read_text())
     main_thread = []  # its stacks inside the streaming loop, from the loop's frame down
@@ -105,7 +109,11 @@ def main() -> None:
     waiting = sum(n for fs, n in writers if fs[-1].startswith(IDLE_WRITER))
     busy = [(fs, n) for fs, n in writers if not fs[-1].startswith(IDLE_WRITER)]
     what = f"{args.images} {'JPEG' if args.jpeg else 'sample'} photos, -m {' -m '.join(args.methods or ['grad-cam'])}"
-    print(f"# saliency explain, {what}, --device {args.device}; py-spy at {args.rate} Hz, waits included")
+    sampled = "only the thread holding the GIL" if args.gil else "waits included"
+    print(f"# saliency explain, {what}, --device {args.device}; py-spy at {args.rate} Hz, {sampled}")
+    if args.gil:  # py-spy takes one sample per tick, of the thread holding the GIL: samples / rate = seconds held
+        held = {name: sum(n for _, n in stacks) / args.rate for name, stacks in threads.items()}
+        print("# seconds holding the GIL: " + ", ".join(f"{name} {s:.2f}" for name, s in sorted(held.items())))
     table("main thread in the streaming loop", main_thread, args.rows, inclusive=False)
     table("main thread in the streaming loop", main_thread, args.rows, inclusive=True)
     share = 100 * waiting / max(1, waiting + sum(n for _, n in busy))
