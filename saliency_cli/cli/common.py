@@ -38,6 +38,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def option(*names: str, help: str, metavar: str, **kwargs: Any) -> typer.models.OptionInfo:
+    """An option taking a value, shown in --help as `--name METAVAR` (Typer
+    would show the Python type: `<int range>`, `<list[str]>`), without a
+    default unless `show_default=True`."""
+    return typer.Option(*names, help=help, metavar=metavar, show_default=kwargs.pop("show_default", False), **kwargs)
+
+
+def flag(*names: str, help: str, **kwargs: Any) -> typer.models.OptionInfo:
+    """An on/off option, shown in --help as the bare `--name` (Typer would add
+    `<bool>`, which reads as if it took a value)."""
+    return typer.Option(*names, help=help, metavar="", **kwargs)
+
+
 def _version(value: bool) -> None:
     if value:
         import platform
@@ -58,19 +72,6 @@ def _options(
     pass
 
 
-def option(*names: str, help: str, metavar: str, **kwargs: Any) -> typer.models.OptionInfo:
-    """An option taking a value, shown in --help as `--name METAVAR` (Typer
-    would show the Python type: `<int range>`, `<list[str]>`), without a
-    default unless `show_default=True`."""
-    return typer.Option(*names, help=help, metavar=metavar, show_default=kwargs.pop("show_default", False), **kwargs)
-
-
-def flag(*names: str, help: str, **kwargs: Any) -> typer.models.OptionInfo:
-    """An on/off option, shown in --help as the bare `--name` (Typer would add
-    `<bool>`, which reads as if it took a value)."""
-    return typer.Option(*names, help=help, metavar="", **kwargs)
-
-
 ConfigOpt = Annotated[
     Optional[Path],
     option("--config", "-c", metavar="FILE", help="YAML config file. Default: the built-in offline "
@@ -78,9 +79,8 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", metavar="KEY.PATH=VALUE", help="Override one config value, e.g. "
-                 "--set methods.smoothgrad.n=25 (repeatable; the value is read as YAML).",
-                 show_default=False),
+    option("--set", metavar="KEY.PATH=VALUE", help="Override one config value, e.g. "
+           "--set methods.smoothgrad.n=25 (repeatable; the value is read as YAML)."),
 ]
 DebugOpt = Annotated[bool, flag("--debug", help="Show tracebacks and debug messages.")]
 QuietOpt = Annotated[bool, flag("--quiet", "-q", help="Only warnings and errors on stderr; no progress bar.")]
