@@ -23,7 +23,7 @@ def batch():
     held = [torch.ones(n << 20, dtype=torch.uint8) for n in {mib}]
 # the first batches take their memory from the system either way: the heap grows until the blocks
 # fit in what earlier batches freed whatever the order (on some machines once, on others by a
-# 40 MiB block at each of the next 1-4 batches)
+# 40 MiB block at each of the next 1-4 batches, and rarely once more later)
 for _ in range(8):
     batch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -44,7 +44,9 @@ def faults(reuse: bool) -> tuple[bool, int]:
 def test_freed_blocks_are_reused_not_faulted_in_again():
     pages = 20 * (sum(MIB) << 20) // 4096  # what taking every block afresh from the system costs
     applied, reused = faults(True)
-    assert applied and reused < pages // 100  # the memory of the first batches serves the others: 0-1 faults
+    # the memory of the first batches serves the others: 0-1 faults in most runs, now and then a 40 MiB block
+    # more (10,240 faults, 1.6%) where the heap still had to grow
+    assert applied and reused < pages // 20
     applied, default = faults(False)
     assert not applied
     if "[always]" not in _transparent_hugepages():  # else a fault maps 2 MiB: few faults either way
