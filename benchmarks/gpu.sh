@@ -6,7 +6,7 @@
 # RESULTS_DIR (default benchmarks/results/gpu) gets one STEP.md per step (its
 # table and log), STEP.json where the script writes one, and machine.md (the
 # GPU, driver and versions). STEP is any of
-#   tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext
+#   tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext gil
 # (default: all, in that order: the most wanted first). A device
 # lease is short, so the run keeps to a budget: BUDGET seconds in all
 # (default 420) and STEP_TIMEOUT seconds per step (default 150); a step that
@@ -14,7 +14,7 @@
 # past its timeout is stopped (what it printed is kept). A failing step is
 # reported and the others still run; the exit code is the number of failed
 # or skipped steps. Without a CUDA device only `tests`, `host` (the CPU's
-# share, no device needed), `suite` and `profile` run, on the CPU, so the
+# share, no device needed), `suite`, `profile` and `gil` run, on the CPU, so the
 # script can be tried anywhere first; `SMOKE=1 bash benchmarks/gpu.sh DIR`
 # tries every step there, on the CPU at toy sizes.
 set -u -o pipefail
@@ -23,7 +23,7 @@ PY=${PYTHON:-$(command -v python || command -v python3)}  # a GPU image may have
 results=${1:-benchmarks/results/gpu}
 shift $(( $# > 0 ? 1 : 0 ))
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext)
+[ ${#steps[@]} -gt 0 ] || steps=(tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext gil)
 mkdir -p "$results"
 export PYTHONUNBUFFERED=1
 BUDGET=${BUDGET:-420}
@@ -79,9 +79,11 @@ step() {
                 $(small --batch 1 --repeats 1) ;;
     profile)  $PY benchmarks/profile_explain.py --device auto --images 1024 -m gradient --batch 32 \
                 --raw "$results/profile-stacks.txt" $(small --images 8) ;;  # the main thread's time while streaming
+    gil)      $PY benchmarks/profile_explain.py --gil --device auto --images 1024 -m gradient --batch 32 \
+                $(small --images 8) ;;  # how long the writer's threads hold the GIL the launching thread needs
     evaluate) $PY benchmarks/evaluate.py --device $DEV --batch 32 --maps 8 --chunk 512 \
                 --json "$results/evaluate.json" $(small --batch 2 --maps 2 --steps 4 --chunk 8 --repeats 1) ;;
-    *)        echo "unknown step: $1 (tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext)" >&2; return 2 ;;
+    *)        echo "unknown step: $1 (tests effnet host resnet50 chunks suite profile layouts amp evaluate vit workers large convnext gil)" >&2; return 2 ;;
   esac
 }
 
@@ -100,8 +102,8 @@ skipped=()
 t0=$SECONDS
 cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 for s in "${steps[@]}"; do
-  if [ "$cuda" != 1 ] && [ "$DEV" = cuda ] && [[ ! " tests host suite profile " =~ " $s " ]]; then
-    echo "== $s: no CUDA device here, skipped (tests, host, suite and profile still run; the CUDA tests skip)" >&2
+  if [ "$cuda" != 1 ] && [ "$DEV" = cuda ] && [[ ! " tests host suite profile gil " =~ " $s " ]]; then
+    echo "== $s: no CUDA device here, skipped (tests, host, suite, profile and gil still run; the CUDA tests skip)" >&2
     continue
   fi
   if (( SECONDS - t0 >= BUDGET )); then
