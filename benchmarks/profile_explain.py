@@ -112,8 +112,11 @@ def main() -> None:
     sampled = "only the thread holding the GIL" if args.gil else "waits included"
     print(f"# saliency explain, {what}, --device {args.device}; py-spy at {args.rate} Hz, {sampled}")
     if args.gil:  # py-spy takes one sample per tick, of the thread holding the GIL: samples / rate = seconds held
-        held = {name: sum(n for _, n in stacks) / args.rate for name, stacks in threads.items()}
-        print("# seconds holding the GIL: " + ", ".join(f"{name} {s:.2f}" for name, s in sorted(held.items())))
+        held: Counter[str] = Counter()
+        for name, stacks in threads.items():  # py-spy names a thread by its id until Python has named it
+            known = name if name in ("MainThread", "saliency-writer") else "others (start-up, before naming)"
+            held[known] += sum(n for _, n in stacks) / args.rate
+        print("# seconds holding the GIL, whole run: " + ", ".join(f"{name} {s:.2f}" for name, s in held.items()))
     table("main thread in the streaming loop", main_thread, args.rows, inclusive=False)
     table("main thread in the streaming loop", main_thread, args.rows, inclusive=True)
     share = 100 * waiting / max(1, waiting + sum(n for _, n in busy))
