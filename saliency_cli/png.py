@@ -109,13 +109,18 @@ def _isal_png(array: np.ndarray) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
-    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", _isal.compress(filtered, 1)),
-                     _chunk(b"IEND", b"")))
+    return b"".join([SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", _isal.compress(filtered, 1)),
+                     *_chunk(b"IEND")])
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = _isal.crc32(data, _isal.crc32(kind))  # 15x zlib's speed; both release the GIL on long data
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+def _chunk(kind: bytes, *body: bytes | memoryview) -> list[bytes | memoryview]:
+    """A PNG chunk whose body is the `body` pieces in turn, as the pieces to
+    join into the file (the body is not copied until then): length, kind,
+    body, CRC."""
+    crc = _isal.crc32(kind)  # 15x zlib's speed; both release the GIL on long data
+    for piece in body:
+        crc = _isal.crc32(piece, crc)
+    return [struct.pack(">I4s", sum(map(len, body)), kind), *body, struct.pack(">I", crc)]
 
 
 # ------------------------------------------------------------------ decoding photos
@@ -227,11 +232,7 @@ def _stored(data: bytes) -> bytes | None:
         block = rows[start:start + _STORED_BLOCK]
         body += [struct.pack("<BHH", start + _STORED_BLOCK >= size, len(block), 0xFFFF ^ len(block)), block]
     body.append(struct.pack(">I", _isal.adler32(rows)))
-    crc = _isal.crc32(b"IDAT")
-    for piece in body:
-        crc = _isal.crc32(piece, crc)
-    return b"".join([view[:before], struct.pack(">I4s", sum(map(len, body)), b"IDAT"), *body,
-                     struct.pack(">I", crc), view[after:]])
+    return b"".join([view[:before], *_chunk(b"IDAT", *body), view[after:]])
 
 
 def _plain_text(kind: bytes, body: bytes) -> bool:
