@@ -9,8 +9,10 @@ imported below.
 
 import inspect
 
+from typer.core import TyperCommand
+
 # isort: off
-from .common import app  # noqa: F401
+from .common import Command, app
 from . import explain  # noqa: F401
 from . import tools  # noqa: F401
 from . import verify  # noqa: F401
@@ -20,6 +22,8 @@ from . import evaluate  # noqa: F401
 # `saliency --help` lists each command with its docstring's first paragraph; in rich
 # markup mode Typer keeps that paragraph's line breaks, which then cut its sentences
 for _command in app.registered_commands:
+    if _command.cls in (None, TyperCommand):  # not a command's own class
+        _command.cls = Command
     if _command.short_help is None and _command.callback is not None and _command.callback.__doc__:
         _command.short_help = " ".join(inspect.getdoc(_command.callback).split("\n\n")[0].split())
 

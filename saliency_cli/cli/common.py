@@ -27,8 +27,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("saliency")
 
+class _BareHelp:
+    """`-h, --help` shown bare, as the flags are (Typer would add `<bool>`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        help_option = super().get_help_option(ctx)  # type: ignore[misc]
+        if help_option is not None:
+            help_option.metavar = ""
+        return help_option
+
+
+class Group(_BareHelp, typer.core.TyperGroup):
+    pass
+
+
+class Command(_BareHelp, typer.core.TyperCommand):
+    """The class of every command (cli/__init__.py sets it)."""
+
+
 app = typer.Typer(
     name="saliency",
+    cls=Group,
     help="Saliency maps for PyTorch image models, in batches, from the command line.\n\n"
     "Start with: saliency explain sample_images -o out",
     add_completion=False,
