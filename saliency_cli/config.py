@@ -29,7 +29,7 @@ from .config_sections import (  # noqa: F401  (the sections are part of the conf
     PreprocessConfig,
     RuntimeConfig,
 )
-from .errors import SaliencyError
+from .errors import SaliencyError, did_you_mean
 from .methods import registry
 from .models import sources
 from .schema import from_mapping
@@ -63,12 +63,15 @@ class Config:
             raise SaliencyError(f"model.{serves[0]} models are for task: {serves[1]}; this config has task: "
                                 f"{self.task}")
         for name in self.run:
-            self.check_method(name)
+            if name != "all":  # every method of the task, as -m all
+                self.check_method(name)
         # built (and so validated) once, here; method_params hands out these objects
         self._params = {name: self._make_params(name, values) for name, values in self.methods.items()}
 
     def check_method(self, name: str) -> None:
         """The method exists and explains this config's kind of model."""
+        if name not in registry.names():
+            raise SaliencyError(did_you_mean(name, [*registry.names(self.task), "all"], what="method"))
         method = registry.get(name)
         if method.task != self.task:
             raise SaliencyError(f"method {name!r} is for task: {method.task}, and this config has task: "

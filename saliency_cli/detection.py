@@ -62,8 +62,9 @@ def check_detections(out: Any, batch: int, device: torch.device | None = None) -
     `device`, every field is moved there (a detector may build constant
     fields on the CPU while its scores come from the GPU)."""
     if isinstance(out, (Detections, dict)) or not isinstance(out, Sequence):
-        raise SaliencyError(f"the detector must return a list with one Detections per image; got "
-                            f"{type(out).__name__}")
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        hint = " (a classifier's scores? task: detection needs a detector)" if isinstance(out, torch.Tensor) else ""
+        raise SaliencyError(f"the detector must return a list with one Detections per image; got {got}{hint}")
     if len(out) != batch:
         raise SaliencyError(f"the detector returned {len(out)} results for {batch} images")
     return [_check_one(item, i, device) for i, item in enumerate(out)]

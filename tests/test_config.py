@@ -116,3 +116,24 @@ def test_settings_added_later_keep_earlier_digests():
     cfg = load_config(None)
     assert {name: settings_digest(cfg, cfg.method_params(name)) for name in ("gradient", "grad-cam")} == \
         {"gradient": "3cd33de994f74cdd", "grad-cam": "bf37e725cf74a433"}
+
+
+def test_an_unknown_method_is_told_with_the_methods_of_the_configs_task(tmp_path):
+    with pytest.raises(SaliencyError) as err:
+        load_config(write(tmp_path, "run: [gradiant]"))
+    message = str(err.value)
+    assert "unknown method 'gradiant' (did you mean 'gradient'" in message
+    assert "valid: all, attention-rollout, cam, deconvnet," in message and "d-rise" not in message
+
+
+def test_run_all_is_minus_m_all_and_an_empty_run_needs_minus_m(tmp_path):
+    from saliency_cli.methods import registry
+    from saliency_cli.pipeline import _bind
+
+    every = _bind(load_config(write(tmp_path, "run: [all]")), None)
+    assert list(every) == registry.names("classification") and all(b.optional for b in every.values())
+    assert list(every) == list(_bind(Config(), ["all"]))
+    empty = load_config(write(tmp_path, "run: []"))
+    with pytest.raises(SaliencyError, match=r"^no method to run: the config's `run` list is empty and no -m"):
+        _bind(empty, None)
+    assert list(_bind(empty, ["gradient"])) == ["gradient"]

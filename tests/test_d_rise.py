@@ -104,7 +104,9 @@ def test_target_selection_threshold_limit_and_class():
 
 
 @pytest.mark.parametrize(("output", "message"), [
-    (lambda: {"boxes": torch.zeros(1, 4)}, "must return a list with one Detections per image"),
+    (lambda: {"boxes": torch.zeros(1, 4)}, "must return a list with one Detections per image; got dict"),
+    (lambda: torch.zeros(1, 1000), "must return a list with one Detections per image; got a tensor of shape "
+                                   "(1, 1000) (a classifier's scores? task: detection needs a detector)"),
     (lambda: [], "returned 0 results for 1 images"),
     (lambda: [{"boxes": torch.zeros(1, 4), "scores": torch.zeros(1)}], "missing 'probs', 'labels'"),
     (lambda: [{"boxes": torch.zeros(4), "scores": torch.zeros(1), "probs": torch.zeros(1, 2),

@@ -81,7 +81,8 @@ def test_bad_arguments_are_clear():
     model = Linear()
     with pytest.raises(SaliencyError, match=r"images must be a float tensor \[B,C,H,W\]"):
         sal.attribute(model, torch.randn(3, 5, 6))
-    with pytest.raises(SaliencyError, match="out of range for a model with 4 outputs"):
+    with pytest.raises(SaliencyError, match=r"^target class 7 out of range for a model with 4 outputs "
+                                            r"\(classes 0 to 3\)$"):
         sal.attribute(model, torch.randn(1, 3, 5, 6), targets=7)
     with pytest.raises(SaliencyError, match="expected 2 class ids"):
         sal.attribute(model, torch.randn(2, 3, 5, 6), targets=[1, 2, 3])

@@ -250,9 +250,9 @@ def select_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.
     targets = targets.to(logits.device)
     num_classes = logits.shape[1]
     if targets.numel() and not bool(((targets >= 0) & (targets < num_classes)).all()):  # one sync
-        raise SaliencyError(
-            f"target class {targets.tolist()} out of range for a model with {num_classes} outputs"
-        )
+        beyond = sorted({t for t in targets.tolist() if not 0 <= t < num_classes})
+        raise SaliencyError(f"target class {', '.join(map(str, beyond))} out of range for a model with "
+                            f"{num_classes} outputs (classes 0 to {num_classes - 1})")
     return targets
 
 
