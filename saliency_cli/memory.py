@@ -6,10 +6,11 @@ Rule for the automatic size:
   following calls take as many items as fit in 70% of the memory then free.
 - CPU: a fixed number of items per call (`CPU_CHUNK` = 8). Measured on 2
   cores with `python benchmarks/chunk_size.py` (ms per image, forward +
-  backward to the input, 224x224): EfficientNet-Lite0 39 at 4 images per
-  call, 43 at 8, 53 at 16, 66 at 32, 147 at 128; ResNet-50 139 at 8, 137 at
-  16, 238 at 32. Past a few images per call the activations fall out of the
-  CPU caches, so bigger calls only cost time and memory.
+  backward to the input, 224x224; BENCHMARKS.md): EfficientNet-Lite0 40.3
+  at 4 images per call, 48.4 at 8, 57.0 at 16, 77.9 at 32; ResNet-50 140.6
+  at 4, 126.1 at 8, 141.6 at 16, 193.4 at 32. Past a few images per call the
+  activations fall out of the CPU caches, so bigger calls only cost time and
+  memory.
 - Any CUDA out-of-memory error halves the call size and retries the same
   items (logged once), down to a single item.
 
