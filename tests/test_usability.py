@@ -113,3 +113,75 @@ def test_a_command_run_in_process_leaves_logging_working(tmp_path, saliency_log,
     saliency_log.warning("after the command")
     err = capsys.readouterr().err
     assert "saliency: warning: after the command" in err and "Logging error" not in err
+
+
+PRINTING_FACTORY = """
+from tests.helpers import TinyCNN
+
+def build():
+    print('Downloading: "https://example.invalid/tiny.pth" to /tmp/tiny.pth')  # as torch.hub does, on stdout
+    return TinyCNN()
+"""
+
+
+def test_stdout_carries_only_the_commands_output(tmp_path):
+    """What a model's loading prints on stdout (torch.hub's `Downloading:`
+    line on a first run, a factory's print) goes to stderr: explain --jsonl,
+    evaluate --json and layers keep stdout parseable. evaluate names its
+    report only when it wrote it."""
+    import json
+
+    (tmp_path / "printing.py").write_text(PRINTING_FACTORY)
+    factory = f"model.factory={tmp_path / 'printing.py'}:build"
+    out = tmp_path / "out"
+    proc = saliency("explain", str(SAMPLES / "chelsea.png"), str(SAMPLES / "coffee.png"), "-o", str(out),
+                    "-m", "gradient", "--set", factory, "--set", "labels=null", "--jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["status"] for line in proc.stdout.splitlines()] == ["ok", "ok"]
+    assert "Downloading: " in proc.stderr
+    proc = saliency("evaluate", str(out), "--metric", "deletion", "--steps", "4", "--json", "--report")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["methods"]["gradient"]
+    assert "Downloading: " in proc.stderr and f"report: {out / 'evaluation.html'}" in proc.stderr
+    proc = saliency("evaluate", str(out), "--metric", "deletion", "--steps", "4")  # names no stale report
+    assert proc.returncode == 0 and "report:" not in proc.stderr, proc.stderr
+    proc = saliency("layers", "--set", factory)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["layer", "type"] and "Downloading: " in proc.stderr
+
+
+def test_a_closed_stdout_ends_any_command_quietly(tmp_path):
+    """`saliency methods | head -1` and the like: the reader gone, the command
+    stops with 141 (as a shell tool killed by SIGPIPE), no internal error."""
+    import subprocess
+    import sys
+
+    for args in (["methods", "--params"], ["config"]):
+        proc = subprocess.Popen([sys.executable, "-m", "saliency_cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # before the command writes anything
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141, stderr
+        assert stderr == "", stderr
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
+    """An unknown option, a missing PATH, a value out of range, an unknown
+    command: one `saliency: error:` line naming the help to read, exit 2, as
+    every other error of the tool (not Typer's box under the usage line)."""
+    cmd = "python -m saliency_cli"  # as saliency() runs it; installed: 'saliency explain --help'
+    cases = {
+        ("explain", "x.jpg", "--overwite"): "No such option: --overwite (Possible options: --overwrite) "
+                                            f"(see '{cmd} explain --help')",
+        ("explain",): f"Missing argument 'PATH' (see '{cmd} explain --help')",
+        ("explain", "x.jpg", "--batch-size", "0"): "Invalid value for '--batch-size'",
+        ("explian",): f"No such command 'explian'. Did you mean 'explain'? (see '{cmd} --help')",
+        ("verify",): f"Missing argument 'OUT' (see '{cmd} verify --help')",
+    }
+    for args, message in cases.items():
+        proc = saliency(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith(f"saliency: error: {message}") and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stdout == "" and not list(tmp_path.iterdir())
+    bare = saliency(cwd=tmp_path)  # the help, as before
+    assert bare.returncode == 2 and f"Usage: {cmd}" in bare.stdout and bare.stderr == ""

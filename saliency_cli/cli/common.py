@@ -4,11 +4,12 @@ error handler, and the options every command takes (-c, --set, --debug).
 Exit codes: 0 all done; 1 some input files failed (see the manifest);
 2 bad usage, config, method, layer or model; 3 an unexpected internal error;
 4 OUT full or read-only (finished images kept); 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM), 141 --jsonl reader gone.
+143 terminated (SIGTERM), 141 stdout's reader gone (`| head`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from ..errors import SaliencyError, Terminated, interrupt_code
+from ..errors import OutputClosed, SaliencyError, Terminated, interrupt_code
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -38,7 +39,32 @@ class _BareHelp:
 
 
 class Group(_BareHelp, typer.core.TyperGroup):
-    pass
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """A usage error (an unknown option, a missing PATH, a value out of
+        range) on one line, exit code 2, as every other error of the tool
+        (Typer would draw a box around it under the usage line)."""
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except Exception as exc:
+            if not _is_click_error(exc):
+                raise
+            if type(exc).__name__ != "NoArgsIsHelpError":  # (bare `saliency`: the help is shown)
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                print(f"saliency: error: {exc.format_message().rstrip('.')}{hint}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("saliency: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    """A click usage or parameter error (Typer brings its own copy of click
+    in some versions and uses click's in others: matched by name)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__)
 
 
 class Command(_BareHelp, typer.core.TyperCommand):
@@ -162,6 +188,9 @@ def handle_errors(command):
             raise typer.Exit(exc.exit_code) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as shell tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(OutputClosed.exit_code) from None
         except KeyboardInterrupt as exc:
             print("saliency: interrupted", file=sys.stderr)
             raise typer.Exit(interrupt_code(exc)) from None
@@ -174,6 +203,16 @@ def handle_errors(command):
             raise typer.Exit(3) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """stdout carries only what a command prints itself (records, tables,
+    JSON): while models load and run, anything else printed there (torch.hub's
+    `Downloading: ...` line on a first run, a model factory's print) goes to
+    stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def load(config: Path | None, sets: list[str] | None, options: dict[str, Any] | None = None) -> Config:

@@ -25,6 +25,7 @@ from .common import (
     on_sigterm,
     option,
     setup_logging,
+    stdout_to_stderr,
 )
 
 log = logging.getLogger("saliency")
@@ -117,16 +118,17 @@ def evaluate(out: Out, metric: Metric = None, method: Method = None, boxes: Boxe
         reuse_freed_memory()  # says so under --debug
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    result = run_evaluation(out, options, methods=method, overwrite=overwrite, given=given, device=device,
-                            batch_size=batch_size, progress=not quiet and sys.stderr.isatty(), report=report)
+    with stdout_to_stderr():
+        result = run_evaluation(out, options, methods=method, overwrite=overwrite, given=given, device=device,
+                                batch_size=batch_size, progress=not quiet and sys.stderr.isatty(), report=report)
     if result.interrupted:
         raise typer.Exit(result.interrupted)
-    _show(result, out, json_)
+    _show(result, out, json_, report)
     failed = _gates(result.data, under, over)
     raise typer.Exit(1 if result.failed or failed else 0)
 
 
-def _show(result, out: Path, as_json: bool) -> None:
+def _show(result, out: Path, as_json: bool, report: bool) -> None:
     from ..evaluation.summary import table
     from ..outputs import EVALUATION_REPORT, EVALUATION_SUMMARY
 
@@ -140,7 +142,7 @@ def _show(result, out: Path, as_json: bool) -> None:
     if result.failed:
         done += f", {result.failed} failed (see {out / 'evaluation.jsonl'})"
     log.info("%s; summary: %s", done, out / EVALUATION_SUMMARY)
-    if (out / EVALUATION_REPORT).is_file():
+    if report:
         log.info("report: %s", out / EVALUATION_REPORT)
 
 

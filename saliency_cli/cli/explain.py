@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TextIO
 
 import typer
 
@@ -24,6 +24,7 @@ from .common import (
     on_sigterm,
     option,
     setup_logging,
+    stdout_to_stderr,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ EPILOG = (
     "A rerun skips finished images (and redoes maps made with other settings). "
     "Exit codes: 0 ok, 1 some inputs failed, 2 bad usage or "
     "config, 3 internal error, 4 OUT full or read-only (finished images kept; free space and rerun), "
-    "130/143 interrupted, 141 --jsonl reader gone. Runs into one OUT take turns: a second run waits for the first."
+    "130/143 interrupted, 141 stdout's reader gone (--jsonl | head). "
+    "Runs into one OUT take turns: a second run waits for the first."
 )
 
 
@@ -112,12 +114,13 @@ def explain(paths: Paths, config: ConfigOpt = None, method: Methods = None, out:
         reuse_freed_memory()  # says so under --debug
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    summary = pipeline.run(
-        cfg, paths, out, methods=method or None, overwrite=overwrite,
-        progress=not quiet and sys.stderr.isatty(),
-        on_record=_RecordPrinter() if jsonl else None,
-        shard=_parse_shard(shard), fail_fast=fail_fast, include_hidden=include_hidden,
-    )
+    printer = _RecordPrinter(sys.stdout) if jsonl else None
+    with stdout_to_stderr():
+        summary = pipeline.run(
+            cfg, paths, out, methods=method or None, overwrite=overwrite,
+            progress=not quiet and sys.stderr.isatty(), on_record=printer,
+            shard=_parse_shard(shard), fail_fast=fail_fast, include_hidden=include_hidden,
+        )
     _tell(summary, out)
     if profile and summary.seconds:
         print(summary.profile.table(summary.seconds, {"decode": summary.decoded_where}), file=sys.stderr)
@@ -157,16 +160,17 @@ class _RecordPrinter:
     goes away (`| head`), the run stops once, quietly, like a shell tool on
     SIGPIPE; the manifest on disk still gets every finished record."""
 
-    def __init__(self) -> None:
+    def __init__(self, stdout: TextIO) -> None:
+        self.stdout = stdout  # the command's stdout (the run's own stdout goes to stderr)
         self.closed = False
 
     def __call__(self, record: Record) -> None:
         if self.closed:
             return
         try:
-            sys.stdout.write(record.to_line())
-            sys.stdout.flush()
+            self.stdout.write(record.to_line())
+            self.stdout.flush()
         except BrokenPipeError:
             self.closed = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stdout.fileno())  # no second error at exit
             raise OutputClosed() from None

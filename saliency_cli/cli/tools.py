@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import SaliencyError
-from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, setup_logging
+from .common import ConfigOpt, DebugOpt, SetOpt, app, flag, handle_errors, load, setup_logging, stdout_to_stderr
 
 log = logging.getLogger("saliency")
 
@@ -97,9 +97,11 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     if not any(registry.get(name).takes_layer for name in registry.names(cfg.task)):
         raise SaliencyError(f"layers lists the layers that layer methods (grad-cam...) can explain; no method "
                             f"of task: {cfg.task} explains a layer")
-    model = load_model(cfg.model).eval()
-    images = torch.zeros(1, 3, *cfg.preprocess.size)
-    rows = list_layers(model, images)
+    with stdout_to_stderr():  # stdout: the table alone
+        model = load_model(cfg.model).eval()
+        images = torch.zeros(1, 3, *cfg.preprocess.size)
+        rows = list_layers(model, images)
+        applies = _applies(model, images, cfg)
     width = max([len(r.name) for r in rows] + [5])
     print(f"  {'layer':{width}s}  {'type':24s} output (one image, input {cfg.preprocess.size[0]}x"
           f"{cfg.preprocess.size[1]})")
@@ -110,19 +112,22 @@ def layers_cmd(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = 
     print(f"* default layer of {layered}: the last feature map before global pooling; for a "
           f"transformer, the last token layer whose patch tokens reach the classifier (ViT: the last block's first "
           "LayerNorm)" if any(r.default for r in rows) else "no default layer: name one with the method's `layer`")
-    _applies(model, images, cfg)
+    for line in applies:
+        print(line)
 
 
-def _applies(model, images, cfg) -> None:
+def _applies(model, images, cfg) -> list[str]:
     """One line per method that needs more of a model than gradients: whether it applies."""
     from ..errors import NotApplicable
     from ..methods import registry
 
+    lines = []
     for name in registry.names(cfg.task):
         method = registry.get(name)
         if method.needs:
             try:
                 method.check_applies(model, images, cfg.method_params(name))
-                print(f"{name}: available")
+                lines.append(f"{name}: available")
             except NotApplicable as exc:
-                print(f"{name}: not available for this model: {exc}")
+                lines.append(f"{name}: not available for this model: {exc}")
+    return lines
