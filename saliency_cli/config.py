@@ -68,6 +68,14 @@ class Config:
         # built (and so validated) once, here; method_params hands out these objects
         self._params = {name: self._make_params(name, values) for name, values in self.methods.items()}
 
+    def asked(self, methods: Sequence[str] | None) -> list[str]:
+        """The methods a run was asked for: -m names, else the `run` list (each once)."""
+        asked = list(dict.fromkeys(methods or self.run))
+        if not asked:
+            raise SaliencyError("no method to run: the config's `run` list is empty and no -m was given "
+                                "(see `saliency methods`)")
+        return asked
+
     def check_method(self, name: str) -> None:
         """The method exists and explains this config's kind of model."""
         if name not in registry.names():

@@ -148,10 +148,7 @@ def _bind(cfg: Config, methods: Sequence[str] | None) -> dict[str, tasks.Bound]:
     of the config's task in registry order, each checked against the task,
     with its parameters (validated when the config was). Methods only `all`
     brought are optional: skipped where they cannot explain the model."""
-    asked = list(dict.fromkeys(methods or cfg.run))
-    if not asked:
-        raise SaliencyError("no method to run: the config's `run` list is empty and no -m was given "
-                            "(see `saliency methods`)")
+    asked = cfg.asked(methods)
     names = list(dict.fromkeys(n for m in asked for n in (registry.names(cfg.task) if m == "all" else [m])))
     for name in names:
         cfg.check_method(name)
