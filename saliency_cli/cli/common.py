@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("saliency")
 
+
 class _BareHelp:
     """`-h, --help` shown bare, as the flags are (Typer would add `<bool>`)."""
 
@@ -55,9 +56,6 @@ class Group(_BareHelp, typer.core.TyperGroup):
                 hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
                 print(f"saliency: error: {exc.format_message().rstrip('.')}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        except typer.Abort:
-            print("saliency: aborted", file=sys.stderr)
-            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
