@@ -112,11 +112,15 @@ def test_grad_cam_plus_plus_formula_at_the_default_layer():
     logits = model(X)
     handle.remove()
     (g,) = torch.autograd.grad(logits.gather(1, T[:, None]).sum(), captured[0])
-    a = captured[0].detach()
+    want = grad_cam_plus_plus(g, captured[0].detach())
+    torch.testing.assert_close(sal.attribute(model, X, "grad-cam-plus-plus", targets=T, upsample=False), want)
+
+
+def grad_cam_plus_plus(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Equation 19 from the gradient g and the activations a, [B,C,h,w] -> [B,h,w]."""
     alpha = g ** 2 / (2 * g ** 2 + a.sum(dim=(2, 3), keepdim=True) * g ** 3)
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    want = F.relu(((alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True) * a).sum(dim=1))
-    torch.testing.assert_close(sal.attribute(model, X, "grad-cam-plus-plus", targets=T, upsample=False), want)
+    return F.relu(((alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True) * a).sum(dim=1))
 
 
 def eigen_by_numpy(features: np.ndarray) -> np.ndarray:
@@ -174,7 +178,8 @@ def test_score_cam_does_not_depend_on_channel_batch():
 
 def test_layer_methods_use_the_reused_module_last_call(lite0, chelsea_input):
     """EfficientNet-Lite's default layer `_swish` runs for the stem and the
-    head: every layer method explains the head's 1280x7x7 output, as Grad-CAM does."""
+    head: Layer-CAM, Eigen-CAM and Grad-CAM++ explain the head's 1280x7x7
+    output, as Grad-CAM does."""
     x = chelsea_input
     features = lite0.extract_features(x).detach().requires_grad_(True)
     logits = lite0._fc(lite0._avg_pooling(features).flatten(1))
@@ -185,7 +190,8 @@ def test_layer_methods_use_the_reused_module_last_call(lite0, chelsea_input):
     torch.testing.assert_close(layer_cam, F.relu((F.relu(g) * a).sum(1)), rtol=1e-4, atol=1e-6)
     eigen = sal.attribute(lite0, x, "eigen-cam", upsample=False)
     np.testing.assert_allclose(eigen.numpy(), eigen_by_numpy(a.numpy()), rtol=1e-3, atol=1e-4)
-    assert sal.attribute(lite0, x, "grad-cam-plus-plus", targets=t, upsample=False).shape == (1, 7, 7)
+    plus_plus = sal.attribute(lite0, x, "grad-cam-plus-plus", targets=t, upsample=False)
+    torch.testing.assert_close(plus_plus, grad_cam_plus_plus(g, a), rtol=1e-4, atol=1e-6)
 
 
 def test_gradient_methods_find_the_cat(lite0, chelsea_input):

@@ -6,6 +6,7 @@ import pytest
 
 from saliency_cli.config import Config, load_config
 from saliency_cli.errors import SaliencyError
+from saliency_cli.methods import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,10 @@ def test_builtin_default_is_the_shipped_default_config():
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_config_is_valid(name):
     cfg = load_config(ROOT / "configs" / name)
+    sources = [k for k in ("arch", "factory", "timm", "ultralytics", "checkpoint") if getattr(cfg.model, k)]
+    assert sources and cfg.run, (sources, cfg.run)
     for method in cfg.run:
+        assert registry.get(method).task == cfg.task
         cfg.method_params(method)
 
 
@@ -127,7 +131,6 @@ def test_an_unknown_method_is_told_with_the_methods_of_the_configs_task(tmp_path
 
 
 def test_run_all_is_minus_m_all_and_an_empty_run_needs_minus_m(tmp_path):
-    from saliency_cli.methods import registry
     from saliency_cli.pipeline import _bind
 
     every = _bind(load_config(write(tmp_path, "run: [all]")), None)

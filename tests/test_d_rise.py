@@ -47,6 +47,37 @@ def test_saliency_peaks_in_the_region_the_detector_uses(seed):
     assert inside > outside + 0.025
 
 
+class TwoRegionDetector(nn.Module):
+    """Two fixed boxes over disjoint regions, of classes 0 and 1, each scored
+    by the mean brightness inside it."""
+
+    boxes = torch.tensor([[4.0, 8.0, 20.0, 24.0], [40.0, 8.0, 56.0, 24.0]])  # x0, y0, x1, y1
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            scores = torch.stack([image[:, 8:24, 4:20].mean(), image[:, 8:24, 40:56].mean()])
+            out.append(Detections(self.boxes, scores, torch.eye(2), torch.arange(2)))
+        return out
+
+
+def test_each_detections_map_is_weighted_by_its_own_match():
+    """With two detections, map k is sum_i s_k(M_i * I) M_i / N: the masks
+    weighted by detection k's own score in each masked photo (IoU and cosine
+    are 1 for the same box and class, 0 across), and it peaks in box k."""
+    image = torch.full((3, 32, 60), 0.8)
+    image[:, 8:24, 4:20] = 0.9  # the left box scores higher: explained first
+    (explained,) = sal.explain_detections(TwoRegionDetector(), image, num_masks=300, grid=6, seed=5,
+                                          score_threshold=0.0)
+    assert explained.detections.labels.tolist() == [0, 1]
+    masks = RiseMasks(300, grid=6, p=0.5, size=(32, 60), seed=5, device=torch.device("cpu"))(0, 300)
+    for k, (x0, y0, x1, y1) in enumerate(TwoRegionDetector.boxes.int().tolist()):
+        own = (image[None] * masks[:, None])[:, :, y0:y1, x0:x1].mean(dim=(1, 2, 3))  # s_k per mask
+        torch.testing.assert_close(explained.maps[k], (own[:, None, None] * masks).sum(0) / 300)
+        row, col = divmod(int(explained.maps[k].argmax()), 60)
+        assert y0 <= row < y1 and x0 <= col < x1, (k, row, col)
+
+
 def test_result_does_not_depend_on_mask_batch():
     image = torch.rand(3, 48, 40, generator=torch.Generator().manual_seed(0))
     maps = [sal.explain_detections(RegionDetector(), image, num_masks=40, mask_batch=mb, score_threshold=0.0)[0].maps
@@ -164,6 +195,8 @@ def test_one_stage_detections_use_one_hot_times_score():
     (found,) = as_detector(model)(torch.rand(3, 96, 128)[None])
     assert found.probs.shape == (5, 91)
     torch.testing.assert_close(found.probs.sum(dim=1), found.scores)
+    torch.testing.assert_close(found.probs[torch.arange(5), found.labels], found.scores)  # one-hot: all of it
+    assert ((found.probs > 0).sum(dim=1) <= 1).all()  # at the label (a zero score leaves none)
 
 
 def test_detector_left_as_given_even_when_it_raises():

@@ -64,6 +64,7 @@ def copy(evaluated, tmp_path):
 def test_explain_records_its_config_per_settings_digest(explained):
     records = lines(explained / "manifest.jsonl")
     digests = {d for r in records for d in r["settings"].values()}
+    assert len(digests) == 2  # gradient's, grad-cam's
     for digest in digests:
         saved = json.loads((explained / "settings" / f"{digest}.json").read_text())
         assert saved["digest"] == digest and saved["config"]["model"]["factory"] == "tests.helpers:TinyCNN"
@@ -126,9 +127,9 @@ def reference_curves(photo: Path, values: np.ndarray, target: int, steps: int) -
 
 def test_the_command_equals_the_per_step_reference(evaluated):
     out, _ = evaluated
-    for record in lines(out / "evaluation.jsonl"):
-        if record["key"] != "coffee":
-            continue
+    coffee = [r for r in lines(out / "evaluation.jsonl") if r["key"] == "coffee"]
+    assert len(coffee) == 2  # gradient's map and grad-cam's
+    for record in coffee:
         values = np.load(out / record["map"])
         want = reference_curves(SAMPLES / "coffee.png", values, 0, 6)
         for name in ("deletion", "insertion"):

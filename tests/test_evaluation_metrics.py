@@ -225,6 +225,30 @@ def test_average_drop_and_increase_equal_the_reference(setup):
         assert float(found["increase"][i]) == (100.0 if o > p else 0.0)
 
 
+def test_increase_and_drop_where_the_answer_is_known():
+    """RegionModel: class 1's probability rises when the region class 0 needs
+    is hidden. Hiding it is an increase for class 1 and a drop of
+    (y - o) / y for class 0; keeping only it changes nothing (no increase)."""
+    pixels = torch.zeros(1, 3, 16, 20)
+    pixels[:, 0, 4:12, 6:14] = 1.0
+    region = torch.zeros(16, 20)
+    region[4:12, 6:14] = 1.0
+    maps = torch.stack([1.0 - region, 1.0 - region, region])  # hide, hide, keep only
+    score = class_score(RegionModel(), torch.tensor([1, 0, 0]))
+    image_of = torch.zeros(3, dtype=torch.long)
+    with torch.inference_mode():
+        y = score(pixels[image_of], torch.arange(3))
+        found = confidence(score, pixels, image_of, maps, lambda p: p, y, chunk=1)
+
+    def sigmoid(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    seen, hidden = 6 * 1.0 - 4.5, 6 * 0.0 - 4.5  # class 0's logit with the region shown / hidden
+    assert found["increase"].tolist() == [100.0, 0.0, 0.0]
+    drop = (sigmoid(seen) - sigmoid(hidden)) / sigmoid(seen) * 100
+    assert found["average-drop"].tolist() == pytest.approx([0.0, drop, 0.0], abs=1e-4)
+
+
 # ------------------------------------------------------------------ pointing games
 
 

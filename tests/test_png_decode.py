@@ -195,7 +195,9 @@ def test_the_header_decides_what_libpng_takes():
 
 
 def test_the_sample_photos_decode_as_pillow_decodes_them(monkeypatch):
-    for path in sorted(SAMPLES.glob("*.png")):
+    photos = sorted(SAMPLES.glob("*.png"))
+    assert [p.name for p in photos] == ["astronaut.png", "chelsea.png", "coffee.png"]
+    for path in photos:
         assert png._plain(path.read_bytes(), Image.MAX_IMAGE_PIXELS), path.name  # all three take libpng's way
         assert_same(loaded(path), pillow_only(path, monkeypatch))
 

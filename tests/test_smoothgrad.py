@@ -78,6 +78,11 @@ def test_noise_is_relative_to_each_images_range(model):
     # scaling the input by 10 scales sigma by 10: the noisy copies are the scaled copies
     b = sal.attribute(lambda_scaled(model), x * 10, "smoothgrad", n=4, reduce="none")
     torch.testing.assert_close(b * 10, a, rtol=1e-4, atol=1e-6)
+    # each image of a batch by its own range, not the batch's: as if explained alone
+    pair = sal.attribute(model, torch.cat([x, x * 10]), "smoothgrad", n=4, reduce="none")
+    torch.testing.assert_close(pair[0], a[0], rtol=1e-4, atol=1e-6)
+    alone = sal.attribute(model, x * 10, "smoothgrad", n=4, reduce="none")
+    torch.testing.assert_close(pair[1], alone[0], rtol=1e-4, atol=1e-6)
 
 
 def lambda_scaled(model):
