@@ -123,6 +123,33 @@ def grad_cam_plus_plus(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return F.relu(((alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True) * a).sum(dim=1))
 
 
+def test_score_cam_raw_values_by_its_definition():
+    """Unnormalised (the peers' comparisons above go through min-max, which
+    would hide a scale per map): each channel, min-max normalised at the
+    layer's 6x6 and upsampled, masks the input; its weight is the softmax of
+    the target logit's change; the map is ReLU(sum_k w_k A_k)."""
+    model = tiny()
+    captured = []
+    handle = model.relu2.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().clone()))
+    with torch.no_grad():
+        base = model(X)
+    handle.remove()
+    want = []
+    for i, c in enumerate(T.tolist()):
+        a = captured[0][i]  # [K,6,6]
+        changes = []
+        for k in range(a.shape[0]):
+            span = a[k].max() - a[k].min()
+            h = (a[k] - a[k].min()) / span if span > 0 else torch.zeros_like(a[k])
+            u = F.interpolate(h[None, None], size=(12, 12), mode="bilinear", align_corners=False)[0]
+            with torch.no_grad():
+                changes.append(model((X[i] * u)[None])[0, c] - base[i, c])
+        w = torch.stack(changes).softmax(0)
+        want.append(F.relu((w[:, None, None] * a).sum(0)))
+    ours = sal.attribute(model, X, "score-cam", targets=T, upsample=False)
+    torch.testing.assert_close(ours, torch.stack(want), rtol=1e-5, atol=1e-7)
+
+
 def eigen_by_numpy(features: np.ndarray) -> np.ndarray:
     """Per image, in float64: centre each channel over positions, SVD, project
     on the first right singular vector, sign so that its entries sum >= 0."""
