@@ -66,7 +66,15 @@ def _is_click_error(exc: Exception) -> bool:
 
 
 class Command(_BareHelp, typer.core.TyperCommand):
-    """The class of every command (cli/__init__.py sets it)."""
+    """The class of every command (cli/__init__.py sets it). Its arguments
+    show their name alone (PATH, OUT), not beside a Python type
+    (`<list[str]>`, `<path>`) as Typer would."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.param_type_name == "argument":
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
 
 
 app = typer.Typer(
