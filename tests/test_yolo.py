@@ -112,17 +112,19 @@ def test_nms_as_ultralytics(ultralytics_env):
     scores = torch.rand(1, classes, anchors, generator=generator) ** 3
     raw = torch.cat([centre, size, scores], dim=1)
     detector = UltralyticsDetector(random_yolo(), conf=0.4, iou=0.5, max_det=300)
-    ours = detector._select(raw[0], 1.0, 0, 0, 640, 480)
+    # a 1280x928 photo letterboxed to 640x480: gain 0.5, 8 rows of grey above (Ultralytics' scale_boxes)
+    ours = detector._select(raw[0], 0.5, 0, 8, 1280, 928)
     (theirs,) = nms.non_max_suppression(raw.clone(), 0.4, 0.5, max_det=300)
-    theirs[:, :4] = ops.clip_boxes(theirs[:, :4], (480, 640))
+    theirs[:, :4] = ops.scale_boxes((480, 640), theirs[:, :4], (928, 1280))
     assert len(ours) > 20
     assert matched(ours, theirs[:, :4], theirs[:, 4], theirs[:, 5].long(), iou=0.999, tol=1e-6)
     assert torch.equal(ours.probs.argmax(1), ours.labels) and torch.equal(ours.probs.amax(1), ours.scores)
 
 
-def test_the_adapter_finds_what_predict_finds(ultralytics_env):
+@pytest.mark.parametrize("height", [640, 500])  # 500: letterboxed with 6 rows of grey above and below
+def test_the_adapter_finds_what_predict_finds(ultralytics_env, height):
     yolo = random_yolo()
-    array = photo(640, 640, seed=3)
+    array = photo(height, 640, seed=3)
     with torch.no_grad():
         (ours,) = UltralyticsDetector(yolo, conf=0.7, iou=0.5)(as_input(array))
     (result,) = yolo.predict(Image.fromarray(array), conf=0.7, iou=0.5, verbose=False)
