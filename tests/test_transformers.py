@@ -190,11 +190,12 @@ def test_an_average_pooled_vit_defaults_to_a_layer_whose_patch_tokens_get_a_grad
 def test_nhwc_maps_give_the_same_grad_cam_as_their_nchw_permutation():
     torch.manual_seed(0)
     model = torchvision.models.swin_t(num_classes=5).eval()  # norm: [B,h,w,C] -> permute: [B,C,h,w]
-    x, targets = torch.randn(2, 3, 64, 64), torch.tensor([1, 4])
+    x = torch.randn(2, 3, 64, 96)  # a 2x3 map: a swapped height and width cannot pass
     assert resolve_layer(model, x, "norm", "grad-cam").kind.layout == "nhwc"
     assert probe(model, x).default_layer() == "permute"
-    torch.testing.assert_close(sal.attribute(model, x, "grad-cam", targets=targets, layer="norm"),
-                               sal.attribute(model, x, "grad-cam", targets=targets), rtol=1e-5, atol=1e-7)
+    nhwc = sal.attribute(model, x, "grad-cam", layer="norm")  # the predicted classes: maps not all zero
+    torch.testing.assert_close(nhwc, sal.attribute(model, x, "grad-cam"), rtol=1e-5, atol=1e-7)
+    assert nhwc.abs().amax(dim=(1, 2)).min() > 0.05
 
 
 def test_cam_and_grad_cam_on_timm_swin_whose_head_pools_nhwc():
@@ -206,7 +207,17 @@ def test_cam_and_grad_cam_on_timm_swin_whose_head_pools_nhwc():
     cam = sal.attribute(model, x, "cam", upsample=False)  # GAP (x.mean((1, 2))) + linear on an NHWC map
     grad_cam = sal.attribute(model, x, "grad-cam", upsample=False)
     torch.testing.assert_close(grad_cam, F.relu(cam) / 16, rtol=1e-4, atol=1e-6)  # Grad-CAM = ReLU(CAM) / hw
-    torch.testing.assert_close(sal.attribute(model, x, "cam", upsample=False), cam)  # the planned path
+    # CAM by its definition: the head's weights of the predicted class over the NHWC map `norm` outputs
+    captured = []
+    handle = model.norm.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    want = torch.einsum("bhwc,bc->bhw", captured[0], model.head.fc.weight[logits.argmax(1)])
+    torch.testing.assert_close(cam, want, rtol=1e-4, atol=1e-6)
+    assert cam.abs().amax(dim=(1, 2)).min() > 0
+    # a second call goes the planned way (the head found once per model and shape): the same maps
+    torch.testing.assert_close(sal.attribute(model, x, "cam", upsample=False), cam)
 
 
 def test_guided_backprop_and_deconvnet_are_the_gradient_on_gelu_networks():
