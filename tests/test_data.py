@@ -49,9 +49,9 @@ def test_stdin_keeps_order_and_stays_inside_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lines = ["z.png\n", "sub/a.png\n", "\n", "../../x.png\n", "/abs/olute.png\r\n"]
     keys = [i.key for i in discover(["-"], stdin=io.StringIO("".join(lines))).items]
-    assert keys[:2] == ["z", "sub/a"]
+    assert len(keys) == 4 and keys[:3] == ["z", "sub/a", "__/__/x"]  # the blank line skipped, the order kept
     assert all(".." not in k.split("/") and not k.startswith("/") for k in keys)
-    assert keys[2] == "__/__/x"
+    assert keys[3].endswith("abs/olute")
 
 
 def test_inputs_under_a_tmp_folder_stay_out_of_the_writers_tmp(tmp_path):
@@ -90,12 +90,18 @@ def test_bad_files_raise_input_error(tmp_path, content, message):
 
 
 def test_modes_become_rgb(tmp_path):
-    for mode, value in [("L", 128), ("RGBA", (10, 20, 30, 0)), ("P", 3), ("CMYK", (0, 0, 0, 0)),
-                        ("I;16", 65535)]:
-        path = tmp_path / f"{mode.replace(';', '')}.png" if mode != "CMYK" else tmp_path / "cmyk.jpg"
-        Image.new(mode, (8, 4), value).save(path)
+    cases = [("L", 128, (128, 128, 128)), ("RGBA", (10, 20, 30, 0), (10, 20, 30)), ("P", 3, (200, 100, 50)),
+             ("CMYK", (0, 0, 0, 0), (255, 255, 255)), ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+             ("I;16", 65535, (255, 255, 255))]
+    for i, (mode, value, rgb) in enumerate(cases):
+        path = tmp_path / (f"{i}.png" if mode != "CMYK" else f"{i}.jpg")
+        image = Image.new(mode, (8, 4), value)
+        if mode == "P":
+            image.putpalette([0, 0, 0] * 3 + [200, 100, 50])
+        image.save(path)
         img = load_image(str(path))
         assert img.mode == "RGB" and img.size == (8, 4)
+        assert img.getpixel((5, 2)) == rgb, (mode, value, img.getpixel((5, 2)))
     # 16-bit white stays white (PIL's own conversion would clip everything to 255 anyway,
     # but mid-grey must stay mid-grey)
     Image.new("I;16", (4, 4), 32768).save(tmp_path / "grey16.png")
@@ -111,10 +117,14 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_stretch_keeps_the_whole_photo():
-    img = Image.new("RGB", (300, 100))
-    tensor, box = preprocess(img, PreprocessConfig(size=[64, 32]))
+    arr = np.zeros((100, 300, 3), dtype=np.uint8)
+    arr[:, :20] = (255, 0, 0)  # the photo's left edge red, its right edge blue: both must be in the input
+    arr[:, -20:] = (0, 0, 255)
+    tensor, box = preprocess(Image.fromarray(arr), PreprocessConfig(size=[64, 32]))
     assert tensor.shape == (3, 64, 32) and tensor.dtype == torch.uint8
     assert box == (0.0, 0.0, 300.0, 100.0)
+    assert tensor[:, :, 0].tolist() == [[255] * 64, [0] * 64, [0] * 64]
+    assert tensor[:, :, -1].tolist() == [[0] * 64, [0] * 64, [255] * 64]
 
 
 def test_center_crop_box_maps_back_to_the_photo():
