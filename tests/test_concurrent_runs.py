@@ -114,15 +114,17 @@ def test_a_killed_holder_frees_the_folder_and_the_waiting_run_finishes(tmp_path)
 def _can_lock(out: Path, shard: tuple[int, int] | None) -> bool:
     """Whether another process could take OUT now for `shard` (None: unsharded)."""
     pid = os.fork()
-    if pid == 0:  # the child tries once and says by its exit status
-        code = 1
+    if pid == 0:  # the child tries once and says by its exit status: 0 admitted, 1 kept out
+        code = 2  # an exception: neither answer
         try:
             lock = OutLock(out)
             lock._open()
-            code = 0 if lock._attempt(shard) else 1
+            code = {True: 0, False: 1}.get(lock._attempt(shard), 3)  # 3: "the gate is busy", unexpected here
         finally:
             os._exit(code)
-    return os.waitpid(pid, 0)[1] == 0
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert status in (0, 1), f"the attempt for {shard} failed instead of answering (exit {status})"
+    return status == 0
 
 
 @pytest.mark.parametrize(("held", "admitted", "kept_out"), [
