@@ -195,7 +195,7 @@ def handle_errors(command):
         except (typer.Exit, typer.Abort):
             raise
         except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as shell tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            drop_stdout(sys.stdout)
             raise typer.Exit(OutputClosed.exit_code) from None
         except KeyboardInterrupt as exc:
             print("saliency: interrupted", file=sys.stderr)
@@ -209,6 +209,12 @@ def handle_errors(command):
             raise typer.Exit(3) from None
 
     return wrapper
+
+
+def drop_stdout(stdout: Any) -> None:
+    """stdout's reader went away: point it at /dev/null, so that Python's
+    flush at exit raises no second error."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ from .common import (
 log = logging.getLogger("saliency")
 
 
-
 Out = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder of saliency explain (its manifest and .npy "
                                      "maps).", show_default=False)]
 Metric = Annotated[Optional[list[str]], option(

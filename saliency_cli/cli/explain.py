@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from .common import (
     QuietOpt,
     SetOpt,
     app,
+    drop_stdout,
     flag,
     handle_errors,
     load,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ..records import Record
 
 log = logging.getLogger("saliency")
-
 
 
 Paths = Annotated[list[str], typer.Argument(metavar="PATH", help="Image files, folders (searched recursively, "
@@ -172,5 +171,5 @@ class _RecordPrinter:
             self.stdout.flush()
         except BrokenPipeError:
             self.closed = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stdout.fileno())  # no second error at exit
+            drop_stdout(self.stdout)
             raise OutputClosed() from None
